@@ -1,0 +1,798 @@
+"""Record a real DataLoader run: :func:`trace` and :func:`record`.
+
+``trace(loader)`` rebuilds your DataLoader from instrumented parts and gives you
+something to iterate exactly like the loader. The batches are the same objects
+your loop would get untraced (same values, order and count); on the side, dlviz
+notes what every process did and when:
+
+- in the main process: when each batch's indices were drawn from the sampler and
+  sent to a worker (``dispatch``), when it came back (``arrive``) and was handed to
+  you (``deliver``), how long ``__next__`` waited, how long your loop's step took;
+- in each worker (or in the main process when ``num_workers=0``): every
+  ``dataset[index]`` fetch, every ``collate_fn`` call (batch assembly), the
+  worker's start, and whether a fetch raised or returned ``None``. These go to a
+  shared-memory log (:mod:`dlviz.eventlog`) the moment they happen, so they
+  survive a worker that raises, crashes or hangs.
+
+When the pass ends (for any reason) the events become a :class:`dlviz.Run` with
+a ledger of every sample's fate. ``record(loader)`` runs the loop for you with a
+chosen error pattern. Lesson 0 introduces both; lesson 7 uses ``trace`` on a
+loader you build yourself.
+
+What the instrumented parts are (all importable, so spawn/forkserver can pickle
+them whenever your own dataset and functions pickle):
+
+- the sampler side: dlviz draws the batches itself from your sampler exactly as
+  ``BatchSampler`` would, so it also sees the tail that ``drop_last`` throws away;
+  a custom ``batch_sampler`` is used as is. Each batch travels as a :class:`_Batch`
+  that carries its number to the worker;
+- the dataset: a wrapper whose ``__getitems__`` (or ``__iter__`` for an
+  IterableDataset) logs each fetch and calls your dataset;
+- ``collate_fn`` and ``worker_init_fn``: wrappers that log and call yours.
+  Inside a worker, ``get_worker_info().dataset`` is your dataset, not the wrapper.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import pickle
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch._utils import ExceptionWrapper
+from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import _utils as torch_data_utils
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+from dlviz import _check, eventlog
+from dlviz.assemble import build_run
+from dlviz.eventlog import EventLog, clock
+from dlviz.ledger import Occurrence
+from dlviz.run import MAIN, ErrorRecord, Event, Run
+
+__all__ = ["trace", "record", "Traced"]
+
+_DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? ([\d, ]+)\) (?:exited unexpectedly|is killed)")
+_TIMED_OUT = "DataLoader timed out after"
+
+
+# ---------------------------------------------------------------- sampler side
+class _Batch:
+    """A batch of indices on its way to a worker, tagged with its number.
+
+    When a worker (or the main process) starts on it, it announces its number in
+    :data:`dlviz.eventlog.current_batch`, so every fetch is logged with its batch.
+    """
+
+    __slots__ = ("seq", "indices")
+
+    def __init__(self, seq: int, indices: list[Any]) -> None:
+        self.seq = seq
+        self.indices = indices
+
+    def __iter__(self) -> Iterator[Any]:
+        eventlog.current_batch = self.seq
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getstate__(self) -> tuple[int, list[Any]]:
+        return self.seq, self.indices
+
+    def __setstate__(self, state: tuple[int, list[Any]]) -> None:
+        self.seq, self.indices = state
+
+
+class _BatchDrawer:
+    """Draws batches from the user's sampler (main process only) and logs each draw."""
+
+    def __init__(self, loader: DataLoader[Any], box: _EpochBox) -> None:
+        self.box = box
+        self.seq = itertools.count()
+        self.batch_size = loader.batch_size
+        self.drop_last = loader.drop_last
+        if type(loader.batch_sampler) is BatchSampler:  # draw ourselves: see the dropped tail
+            self.mode, self.source = "batch", loader.batch_sampler.sampler
+            self.batch_size = loader.batch_sampler.batch_size
+            self.drop_last = loader.batch_sampler.drop_last
+        elif loader.batch_sampler is not None:  # a custom batch_sampler, used as is
+            self.mode, self.source = "custom", loader.batch_sampler
+        else:  # batch_size=None: one sample at a time
+            self.mode, self.source = "single", loader.sampler
+
+    def __len__(self) -> int:
+        if self.mode == "batch":
+            return len(BatchSampler(self.source, self.batch_size or 1, self.drop_last))
+        return len(self.source)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[_Batch]:
+        source = iter(self.source)
+        epoch = self.box.epoch
+        while True:
+            if self.mode == "batch":
+                indices = list(itertools.islice(source, self.batch_size))
+                if not indices:
+                    return
+                if self.drop_last and len(indices) < (self.batch_size or 1):
+                    epoch.dropped_tail(next(self.seq), indices)
+                    return
+            else:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    return
+                indices = list(item) if self.mode == "custom" else [item]
+            batch = _Batch(next(self.seq), indices)
+            epoch.drawn(batch)
+            yield batch
+
+
+# ---------------------------------------------------------------- worker side
+class _TracedMapDataset(Dataset[Any]):
+    """Your map-style dataset, with every fetch logged to the shared event log."""
+
+    def __init__(self, inner: Any, log: EventLog) -> None:
+        self.inner = inner
+        self.log = log
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: Any) -> Any:  # torch always calls __getitems__; kept for safety
+        return self.__getitems__(index)[0] if isinstance(index, _Batch) else self.inner[index]
+
+    def __getitems__(self, batch: _Batch) -> list[Any]:
+        log, seq, inner = self.log, batch.seq, self.inner
+        eventlog.current_batch = seq
+        if not log.attached:
+            log.attach(_worker_id())
+        indices = batch.indices
+        if not log.room(len(indices) + 3):
+            return [inner[i] for i in indices]
+        write = log.write
+        out = []
+        for index in indices:
+            try:
+                write(eventlog.FETCH, seq, index, clock())
+            except TypeError:  # an index that is not an int: logged as -1
+                write(eventlog.FETCH, seq, -1, clock())
+            try:
+                sample = inner[index]
+            except BaseException:
+                write(eventlog.RAISED, seq, index, clock())
+                raise
+            if sample is None:
+                write(eventlog.NONE, seq, index, clock())
+            out.append(sample)
+        return out
+
+
+class _TracedStream(IterableDataset[Any]):
+    """Your IterableDataset, with every item it yields logged under its key."""
+
+    def __init__(self, inner: Any, log: EventLog, key: Callable[[Any], int]) -> None:
+        self.inner = inner
+        self.log = log
+        self.key = key
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.log.attached:
+            self.log.attach(_worker_id())
+        return _KeyedIterator(iter(self.inner), self.log, self.key)
+
+
+class _KeyedIterator:
+    """Logs each ``next()`` of a stream: start, then the key once the item is there.
+
+    An iterator object, not a generator: if your iterator can go on after raising,
+    so can this one.
+    """
+
+    def __init__(self, inner: Iterator[Any], log: EventLog, key: Callable[[Any], int]) -> None:
+        self.inner, self.log, self.key = inner, log, key
+
+    def __iter__(self) -> _KeyedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        log, seq = self.log, eventlog.current_batch
+        if not log.room(2):
+            return next(self.inner)
+        log.write(eventlog.FETCH, seq, -1, clock())
+        try:
+            item = next(self.inner)
+        except StopIteration:
+            log.write(eventlog.END, seq, -1, clock())
+            raise
+        except BaseException:
+            log.write(eventlog.RAISED, seq, -1, clock())
+            raise
+        if item is None:
+            log.write(eventlog.NONE, seq, -1, clock())
+        else:
+            log.set_value_of_last(self.key(item))
+        return item
+
+
+class _TracedCollate:
+    """Your ``collate_fn``, with batch assembly logged."""
+
+    def __init__(self, inner: Callable[[Any], Any], log: EventLog, unbatched: bool) -> None:
+        self.inner, self.log, self.unbatched = inner, log, unbatched
+
+    def __call__(self, samples: list[Any]) -> Any:
+        log, seq = self.log, eventlog.current_batch
+        if not log.attached:
+            log.attach(_worker_id())
+        data = samples[0] if self.unbatched else samples  # batch_size=None: one sample
+        if not log.room(2):
+            return self.inner(data)
+        log.write(eventlog.COLLATE, seq, -1, clock())
+        try:
+            out = self.inner(data)
+        except BaseException:
+            log.write(eventlog.COLLATE_RAISED, seq, -1, clock())
+            raise
+        log.write(eventlog.COLLATED, seq, -1, clock())
+        return out
+
+
+class _TracedWorkerInit:
+    """Runs first in every worker: logs its start, then calls your ``worker_init_fn``."""
+
+    def __init__(self, inner: Callable[[int], None] | None, log: EventLog, dataset: Any) -> None:
+        self.inner, self.log, self.dataset = inner, log, dataset
+
+    def __call__(self, worker_id: int) -> None:
+        self.log.attach(worker_id)
+        self.log.write(eventlog.WORKER_START, -1, _pid(), clock())
+        info = get_worker_info()
+        if info is not None:  # your code sees your dataset, not dlviz's wrapper
+            object.__setattr__(info, "dataset", self.dataset)
+        if self.inner is not None:
+            self.inner(worker_id)
+
+
+def _worker_id() -> int:
+    info = get_worker_info()
+    return MAIN if info is None else info.id
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+# ---------------------------------------------------------------- main side
+class _EpochBox:
+    """Where the iterator hooks find the epoch being recorded (one per traced loader)."""
+
+    epoch: _Epoch
+
+
+class _TracedLoader(DataLoader[Any]):
+    """A DataLoader whose batches come from :class:`_BatchDrawer` and whose iterator
+    reports dispatches, arrivals and deliveries."""
+
+    dlviz_box: _EpochBox
+    dlviz_drawer: _BatchDrawer
+
+    @property
+    def _index_sampler(self) -> Any:
+        return self.dlviz_drawer
+
+    def _get_iterator(self) -> Any:
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        return _TracedWorkersIter(self)
+
+
+class _TracedWorkersIter(_MultiProcessingDataLoaderIter):
+    """torch's multi-worker iterator, reporting what it does to the current epoch."""
+
+    def __init__(self, loader: _TracedLoader) -> None:
+        self._dlviz_box = loader.dlviz_box
+        self._dlviz_last_idx: Any = None
+        super().__init__(loader)
+
+    def _try_put_index(self) -> None:
+        before = self._send_idx
+        super()._try_put_index()
+        if self._send_idx != before:
+            self._dlviz_box.epoch.dispatched(before, self._task_info[before][0])
+
+    def _get_data(self) -> Any:
+        idx, data = super()._get_data()
+        self._dlviz_last_idx = idx
+        if isinstance(idx, int):
+            self._dlviz_box.epoch.arrived(idx)
+        return idx, data
+
+    def _process_data(self, data: Any, worker_idx: int) -> Any:
+        # the task being handed out: in order, the one just past _rcvd_idx; out of
+        # order, always the one _get_data just returned (torch stores nothing then)
+        task = self._rcvd_idx - 1 if self._in_order else self._dlviz_last_idx
+        self._dlviz_box.epoch.processing(task, worker_idx, isinstance(data, ExceptionWrapper))
+        return super()._process_data(data, worker_idx)
+
+
+class _Epoch:
+    """Everything the main process notes during one pass; :meth:`build` makes the Run."""
+
+    def __init__(self, traced: Traced) -> None:
+        self.traced = traced
+        self.origin = clock()
+        self.events: list[Event] = []
+        self.errors: list[ErrorRecord] = []
+        self.batches: dict[int, list[Any]] = {}  # seq -> indices, in draw order
+        self.tail: tuple[int, list[Any]] | None = None  # dropped by drop_last
+        self.task_seq: dict[int, int] = {}  # torch's task number -> our batch number
+        self.batch_worker: dict[int, int] = {}
+        self.resolved: dict[int, str] = {}  # seq -> "delivered" | "failed"
+        self.last_drawn = -1
+        self.current: tuple[int, int, bool] | None = None  # (seq, worker, failed)
+        self.iterator: Any = None
+        self.pids: dict[int, int] = {}
+        self.stop: str | None = None
+        self.run: Run | None = None
+        self.loop: dict[str, Any] = {}  # record()'s loop settings, for the Run's config
+
+    # --- hooks (called from the sampler side and torch's iterator) ---
+    def now(self) -> int:
+        return clock() - self.origin
+
+    def drawn(self, batch: _Batch) -> None:
+        self.batches[batch.seq] = batch.indices
+        self.last_drawn = batch.seq
+        if self.traced.num_workers == 0:
+            t = self.now()
+            self.batch_worker[batch.seq] = MAIN
+            self.events.append(Event("dispatch", MAIN, batch.seq, -1, t, t))
+
+    def dropped_tail(self, seq: int, indices: list[Any]) -> None:
+        self.tail = (seq, indices)
+
+    def dispatched(self, task: int, worker: int) -> None:
+        t = self.now()
+        self.task_seq[task] = self.last_drawn
+        self.batch_worker[self.last_drawn] = worker
+        self.events.append(Event("dispatch", worker, self.last_drawn, -1, t, t))
+
+    def arrived(self, task: int) -> None:
+        seq = self.task_seq.get(task, -1)
+        t = self.now()
+        self.events.append(Event("arrive", self.batch_worker.get(seq, MAIN), seq, -1, t, t))
+
+    def processing(self, task: int, worker: int, failed: bool) -> None:
+        self.current = (self.task_seq.get(task, -1), worker, failed)
+
+    # --- the pass ---
+    def resolve(self, seq: int, fate: str, worker: int) -> None:
+        if seq < 0 or seq in self.resolved:
+            return
+        self.resolved[seq] = fate
+        t = self.now()
+        self.events.append(Event("deliver" if fate == "delivered" else "lost",
+                                 worker, seq, -1, t, t))
+
+    def error(self, exc: BaseException) -> str:
+        """Note an error the loop saw; returns its kind."""
+        t = self.now()
+        message = str(exc)
+        it = self.iterator
+        died = _DIED.search(message)
+        if died:
+            pids = [int(p) for p in died.group(1).replace(" ", "").split(",") if p]
+            workers = [w for w, pid in self.pids.items() if pid in pids]
+            for w in workers:  # everything it still held is lost with it
+                for task, info in list(getattr(it, "_task_info", {}).items()):
+                    if info[0] == w and len(info) == 1:
+                        self.resolve(self.task_seq.get(task, -1), "failed", w)
+            worker = workers[0] if workers else None
+            self.errors.append(ErrorRecord("worker_died", worker, None, None, t, message))
+            return "worker_died"
+        if isinstance(exc, RuntimeError) and message.startswith(_TIMED_OUT):
+            seq, worker = self._waited_for()
+            self.resolve(seq, "failed", MAIN if worker is None else worker)
+            self.errors.append(ErrorRecord("timeout", worker, None, seq if seq >= 0 else None,
+                                           t, message))
+            return "timeout"
+        if self.current is not None and self.current[2]:
+            seq, worker, _ = self.current
+        else:  # raised in this process (num_workers=0, or in torch's main-side code)
+            seq, worker = self.last_drawn, MAIN
+        self.resolve(seq, "failed", worker)
+        index = self._raised_index(seq)
+        self.errors.append(ErrorRecord("exception", worker, index, seq if seq >= 0 else None,
+                                       t, message))
+        return "exception"
+
+    def _waited_for(self) -> tuple[int, int | None]:
+        """The batch ``__next__`` was waiting for when it timed out, and its worker."""
+        it = self.iterator
+        task_info = getattr(it, "_task_info", {})
+        task = it._rcvd_idx if it is not None and it._in_order else min(task_info, default=-1)
+        info = task_info.get(task)
+        return self.task_seq.get(task, -1), (info[0] if info else None)
+
+    def _raised_index(self, seq: int) -> int | None:
+        for worker, _pid, _over, records in self.traced.log.regions():
+            hit = records[(records[:, 0] == eventlog.RAISED) & (records[:, 1] == seq)]
+            if len(hit) and hit[-1, 2] >= 0:
+                return int(hit[-1, 2])
+            if len(hit):  # a stream: the key is unknown, the fetch raised
+                return None
+        return None
+
+    def finish(self, stop: str, shutdown: bool) -> Run:
+        """End the pass: stop the workers (unless persistent and kept), build the Run."""
+        if self.run is not None:
+            return self.run
+        self.stop = stop
+        if shutdown:
+            _shutdown(self.iterator, hung=self._hung_workers())
+        self.run = self.build()
+        self.traced.runs.append(self.run)
+        return self.run
+
+    def _hung_workers(self) -> list[int]:
+        return [e.worker for e in self.errors if e.kind == "timeout" and e.worker is not None]
+
+    def build(self) -> Run:
+        return build_run(self)
+
+
+def _shutdown(it: Any, hung: Sequence[int] = ()) -> None:
+    """Stop an iterator's workers now; hung ones are terminated rather than awaited."""
+    if not isinstance(it, _MultiProcessingDataLoaderIter) or it._shutdown:
+        return
+    if hung:
+        if it._worker_pids_set:  # so torch's SIGCHLD handler does not report them
+            torch_data_utils.signal_handling._remove_worker_pids(id(it))
+            it._worker_pids_set = False
+        for w in hung:
+            if 0 <= w < len(it._workers):
+                it._workers[w].terminate()
+    it._shutdown_workers()
+
+
+class TracedIterator:
+    """One pass over a traced loader. Iterate it like the DataLoader's own iterator.
+
+    ``next()`` may raise what the DataLoader raises; the pass goes on if you call
+    ``next()`` again (the try-around-``next()`` pattern), as with torch.
+    """
+
+    def __init__(self, traced: Traced, epoch: _Epoch) -> None:
+        self.traced = traced
+        self.epoch = epoch
+        self.returned_at: int | None = None
+        epoch.iterator = iter(traced.loader)
+        self.torch_iter = epoch.iterator
+        epoch.pids = {i: w.pid for i, w in enumerate(getattr(self.torch_iter, "_workers", []))}
+
+    def __iter__(self) -> TracedIterator:
+        return self
+
+    def __len__(self) -> int:
+        return len(self.traced.loader)
+
+    def __next__(self) -> Any:
+        epoch = self.epoch
+        if epoch.run is not None:
+            raise StopIteration
+        start = epoch.now()
+        if self.returned_at is not None:
+            epoch.events.append(Event("step", MAIN, -1, -1, self.returned_at, start))
+        epoch.current = None
+        try:
+            batch = next(self.torch_iter)
+        except StopIteration:
+            epoch.events.append(Event("wait", MAIN, -1, -1, start, epoch.now(), "ok"))
+            self.finish("exhausted")
+            raise
+        except KeyboardInterrupt:
+            epoch.events.append(Event("wait", MAIN, -1, -1, start, epoch.now(), "raised"))
+            self.finish("interrupt")
+            raise
+        except Exception as exc:
+            epoch.events.append(Event("wait", MAIN, -1, -1, start, epoch.now(), "raised"))
+            epoch.error(exc)
+            raise
+        seq, worker = ((epoch.current[0], epoch.current[1]) if epoch.current
+                       else (epoch.last_drawn, MAIN))
+        end = epoch.now()
+        epoch.events.append(Event("wait", MAIN, seq, -1, start, end, "ok"))
+        epoch.resolve(seq, "delivered", worker)
+        self.returned_at = end
+        return batch
+
+    def finish(self, stop: str = "break") -> Run:
+        """End this pass now (workers stopped unless persistent) and return its Run."""
+        keep = self.traced.persistent and stop in ("exhausted", "break", "max_batches")
+        return self.epoch.finish(stop, shutdown=not keep)
+
+    def __del__(self) -> None:
+        try:
+            if self.epoch.run is None:
+                self.finish("break")
+        except Exception:  # never raise from a finalizer
+            pass
+
+
+class Traced:
+    """A DataLoader with a recorder attached; see :func:`trace`."""
+
+    def __init__(self, loader: DataLoader[Any], *, key: Callable[[Any], int] | None = None,
+                 expected: Sequence[int] | None = None) -> None:
+        if not isinstance(loader, DataLoader):
+            raise TypeError(f"loader must be a torch DataLoader, not {type(loader).__name__}")
+        if isinstance(loader, _TracedLoader):
+            raise ValueError("loader is already traced; pass the original DataLoader")
+        dataset = loader.dataset
+        self.iterable = isinstance(dataset, IterableDataset)
+        self.key, self.expected = _stream_keys(dataset, key, expected, self.iterable)
+        self.original = loader
+        self.num_workers = loader.num_workers
+        self.persistent = bool(loader.persistent_workers)
+        self.runs: list[Run] = []
+        self._iterator: TracedIterator | None = None
+        self.log = EventLog(loader.num_workers, _capacity(loader))
+        self.box = _EpochBox()
+        self.drawer = _BatchDrawer(loader, self.box)
+        method = _start_method(loader)
+        if method != "fork":
+            _check_picklable(loader, key, method)
+        self.config = _describe(loader, method, self.iterable)
+        self.loader = self._rebuild(loader)
+
+    def _rebuild(self, loader: DataLoader[Any]) -> _TracedLoader:
+        if self.iterable:
+            dataset: Any = _TracedStream(loader.dataset, self.log, self.key)  # type: ignore[arg-type]
+        else:
+            dataset = _TracedMapDataset(loader.dataset, self.log)
+        rebuilt = _TracedLoader(
+            dataset,
+            batch_size=(loader.batch_size or 1) if self.iterable else 1,
+            drop_last=loader.drop_last,
+            num_workers=loader.num_workers,
+            collate_fn=_TracedCollate(loader.collate_fn, self.log,  # type: ignore[arg-type]
+                                      unbatched=loader.batch_sampler is None),
+            pin_memory=loader.pin_memory,
+            timeout=loader.timeout,
+            worker_init_fn=_TracedWorkerInit(loader.worker_init_fn, self.log, loader.dataset),
+            multiprocessing_context=loader.multiprocessing_context,
+            generator=loader.generator,
+            prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
+            persistent_workers=loader.persistent_workers,
+            pin_memory_device=loader.pin_memory_device,
+            in_order=getattr(loader, "in_order", True),
+        )
+        rebuilt.dlviz_box = self.box
+        rebuilt.dlviz_drawer = self.drawer
+        return rebuilt
+
+    def __iter__(self) -> TracedIterator:
+        return self.iterate()
+
+    def iterate(self) -> TracedIterator:
+        """Start a pass (an epoch). A pass still open is ended first."""
+        if self._iterator is not None and self._iterator.epoch.run is None:
+            self._iterator.finish("break")
+        epoch = _Epoch(self)
+        self.box.epoch = epoch
+        self._iterator = TracedIterator(self, epoch)
+        return self._iterator
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def run(self) -> Run:
+        """The Run of the latest pass (a snapshot if that pass is still going)."""
+        if self._iterator is None:
+            raise RuntimeError("nothing recorded yet: iterate over the traced loader first")
+        epoch = self._iterator.epoch
+        if epoch.run is not None:
+            return epoch.run
+        epoch.stop = "break"
+        return epoch.build()
+
+    def close(self) -> None:
+        """Stop any workers still alive (persistent workers live until this)."""
+        if self._iterator is not None:
+            self._iterator.finish("break")
+            _shutdown(self._iterator.torch_iter)
+
+    def __enter__(self) -> Traced:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def trace(loader: DataLoader[Any], *, key: Callable[[Any], int] | None = None,
+          expected: Sequence[int] | None = None) -> Traced:
+    """Wrap ``loader`` so that iterating it records a :class:`dlviz.Run`.
+
+    ``for batch in trace(loader)`` gives the same batches as ``for batch in loader``;
+    afterwards ``traced.run`` holds the recording (``traced.runs``: one per pass).
+    For an IterableDataset, samples are ledgered by key: dlviz's streams supply
+    keys; for yours pass ``key`` (sample -> int; importable under spawn) and
+    ``expected`` (every key one pass should deliver). With persistent workers,
+    call ``traced.close()`` (or use ``with``) to stop them. Lessons 0 and 7.
+    """
+    return Traced(loader, key=key, expected=expected)
+
+
+def record(loader: DataLoader[Any], *, on_error: str = "raise", max_batches: int | None = None,
+           step_ms: float = 0.0, key: Callable[[Any], int] | None = None,
+           expected: Sequence[int] | None = None) -> Run:
+    """Run one pass over ``loader`` with a loop of your choice and return its Run.
+
+    Args:
+        on_error: what the loop does when ``next()`` raises:
+            ``"raise"``: let it propagate (the Run is on the exception as
+            ``exc.dlviz_run``); ``"stop"``: end the pass, as a ``try`` around the
+            whole ``for`` loop does; ``"continue"``: skip the failed batch and go on,
+            as a ``try`` around each ``next()`` does. A timeout always ends the
+            pass: the hung batch would time out again on every ``next()``.
+        max_batches: stop after this many delivered batches (a ``break``).
+        step_ms: simulated training step per batch (time.sleep), to see the
+            workers prefetch while your loop is busy.
+        key, expected: see :func:`trace`.
+
+    All worker processes of the pass are stopped before this returns, whatever
+    happened. Lessons 1-8.
+    """
+    on_error = _check.choice("on_error", on_error, ("raise", "stop", "continue"))
+    max_batches = _check.optional_count("max_batches", max_batches)
+    step_s = _check.non_negative("step_ms", step_ms) / 1000
+    traced = Traced(loader, key=key, expected=expected)
+    it = traced.iterate()
+    it.epoch.loop = {"on_error": on_error, "max_batches": max_batches, "step_ms": step_s * 1000}
+    stop = "exhausted"
+    delivered = 0
+    try:
+        while max_batches is None or delivered < max_batches:
+            try:
+                next(it)
+            except StopIteration:
+                break
+            except Exception as exc:
+                last = it.epoch.errors[-1] if it.epoch.errors else None
+                if on_error == "raise":
+                    exc.dlviz_run = it.finish("error")  # type: ignore[attr-defined]
+                    raise
+                if on_error == "stop" or (last is not None and last.kind == "timeout"):
+                    stop = "error"
+                    break
+                continue
+            delivered += 1
+            if step_s:
+                time.sleep(step_s)
+        else:
+            stop = "max_batches"
+    except KeyboardInterrupt as exc:
+        exc.dlviz_run = it.finish("interrupt")  # type: ignore[attr-defined]
+        raise
+    finally:
+        run = it.finish(stop)
+        _shutdown(it.torch_iter)
+    return run
+
+
+# ---------------------------------------------------------------- helpers
+def _stream_keys(dataset: Any, key: Callable[[Any], int] | None,
+                 expected: Sequence[int] | None, iterable: bool
+                 ) -> tuple[Callable[[Any], int], list[int] | None]:
+    if key is not None and not callable(key):
+        raise TypeError(f"key must be a function sample -> int, not {type(key).__name__}")
+    if expected is not None:
+        if isinstance(expected, (str, bytes)) or not hasattr(expected, "__iter__"):
+            raise TypeError(f"expected must be a collection of int keys, "
+                            f"not {type(expected).__name__}")
+        expected = [_check.integer("expected item", k) for k in expected]
+    if not iterable:
+        if key is not None or expected is not None:
+            raise ValueError("key and expected are for IterableDatasets; a map-style "
+                             "dataset is ledgered by index")
+        return _no_key, None
+    if key is None:
+        key = getattr(dataset, "sample_key", None)
+        if key is None:
+            raise ValueError("an IterableDataset needs key= (sample -> int) so dlviz can "
+                             "tell its samples apart; dlviz's own streams provide it")
+    if expected is None and hasattr(dataset, "expected_keys"):
+        expected = list(dataset.expected_keys())
+    return _IntKey(key), expected
+
+
+def _no_key(sample: Any) -> int:
+    return -1
+
+
+class _IntKey:
+    """Calls the key function and insists on an int (the log stores int64)."""
+
+    def __init__(self, key: Callable[[Any], int]) -> None:
+        self.key = key
+
+    def __call__(self, sample: Any) -> int:
+        value = self.key(sample)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = int(value.item())
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            return int(value)
+        raise TypeError(f"key must return an int, got {type(value).__name__}")
+
+
+def _capacity(loader: DataLoader[Any]) -> int:
+    """Records per region: room for a few passes over the dataset."""
+    try:
+        samples = len(loader.dataset)  # type: ignore[arg-type]
+    except TypeError:
+        samples = 65536
+    per_pass = 2 * samples + 4 * (samples // max(1, loader.batch_size or 1)) + 64
+    return max(4096, per_pass * (4 if loader.persistent_workers else 1))
+
+
+def _start_method(loader: DataLoader[Any]) -> str:
+    if loader.num_workers == 0:
+        return "none"
+    ctx = loader.multiprocessing_context
+    if ctx is None:
+        return str(multiprocessing.get_start_method())
+    return str(ctx.get_start_method())
+
+
+def _check_picklable(loader: DataLoader[Any], key: Any, method: str) -> None:
+    """Under spawn/forkserver, say early (and clearly) what cannot reach a worker."""
+    parts = {"dataset": loader.dataset, "collate_fn": loader.collate_fn,
+             "worker_init_fn": loader.worker_init_fn, "key": key}
+    for name, part in parts.items():
+        if part is None:
+            continue
+        try:
+            pickle.dumps(part)
+        except Exception as exc:
+            raise ValueError(
+                f"{name} cannot be sent to {method} workers: {exc}. Under spawn and "
+                "forkserver it must be importable (defined in a module, not a notebook "
+                "cell or a lambda); see lesson 4") from None
+
+
+def _describe(loader: DataLoader[Any], method: str, iterable: bool) -> dict[str, Any]:
+    dataset = loader.dataset
+    return {
+        "dataset": type(dataset).__name__,
+        "dataset_kind": "iterable" if iterable else "map",
+        "num_workers": loader.num_workers,
+        "batch_size": loader.batch_size,
+        "drop_last": loader.drop_last,
+        "prefetch_factor": loader.prefetch_factor if loader.num_workers > 0 else None,
+        "persistent_workers": bool(loader.persistent_workers),
+        "in_order": bool(getattr(loader, "in_order", True)),
+        "pin_memory": bool(loader.pin_memory),
+        "timeout": float(loader.timeout),
+        "start_method": method,
+        "sampler": type(loader.sampler).__name__,
+        "batch_sampler": (None if loader.batch_sampler is None
+                          else type(loader.batch_sampler).__name__),
+        "torch": torch.__version__.split("+")[0],
+    }
