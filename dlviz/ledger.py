@@ -78,3 +78,14 @@ def summarize(universe: Sequence[int], occurrences: Sequence[Occurrence]) -> dic
         "in_flight": counts["in_flight"],
         "never_sampled": counts["never_sampled"],
     }
+
+FATE_COLORS = {
+    "delivered": "#009E73",  # bluish green
+    "duplicated": "#0072B2",  # blue: delivered more than once
+    "failed": "#D55E00",  # vermillion
+    "filtered": "#CC79A7",  # reddish purple
+    "in_flight": "#56B4E9",  # sky blue
+    "dropped": "#E69F00",  # orange
+    "never_sampled": "#BBBBBB",  # grey
+}
+"""One colour per fate, everywhere: plots, explorer, notebooks (Okabe-Ito, colour-blind safe)."""
