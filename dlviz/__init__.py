@@ -4,14 +4,34 @@
     traced = dlviz.trace(loader)        # or iterate it yourself: for batch in traced
     run.summary(); run.fate(i)          # the ledger
     dlviz.plot_run(run)                 # timeline + ledger + counts
+    dlviz.explore(num_workers=2)        # sliders that re-run a real DataLoader
 
 The notebooks in ``notebooks/`` teach with it, lesson by lesson.
 """
 
-from dlviz import datasets
-from dlviz.ledger import FATES
-from dlviz.run import Event, Run, merge_runs
-from dlviz.trace import Traced, record, trace
+from __future__ import annotations
 
-__all__ = ["record", "trace", "Traced", "Run", "Event", "merge_runs", "datasets", "FATES"]
+import importlib
+from typing import Any
+
+from dlviz.ledger import FATE_COLORS, FATES
+from dlviz.run import Event, Run, merge_runs
+
+# The rest loads on first use: a saved Run can be read and drawn without torch, and
+# DataLoader workers (which import dlviz for its datasets) skip matplotlib and ipywidgets.
+_LAZY = {"record": "dlviz.recorder", "trace": "dlviz.recorder", "Traced": "dlviz.recorder",
+         "plot_timeline": "dlviz.plot", "plot_ledger": "dlviz.plot", "plot_run": "dlviz.plot",
+         "explore": "dlviz.explorer", "Explorer": "dlviz.explorer"}
+
+__all__ = ["Run", "Event", "merge_runs", "datasets", "FATES", "FATE_COLORS", *_LAZY]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "datasets":
+        return importlib.import_module("dlviz.datasets")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dlviz' has no attribute {name!r}")

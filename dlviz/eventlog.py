@@ -59,11 +59,12 @@ class EventLog:
     def __init__(self, num_workers: int, capacity: int) -> None:
         self.num_workers = num_workers
         self.capacity = capacity
-        self.buffer = torch.zeros(
-            (num_workers + 1) * (capacity + HEADER) * FIELDS, dtype=torch.int64
-        ).share_memory_()
-        self._view: memoryview | None = None
-        self._pos = 0
+        self.buffer = torch.zeros((num_workers + 1) * (capacity + HEADER) * FIELDS,
+                                  dtype=torch.int64)
+        if num_workers > 0:  # workers write into it: shared memory
+            self.buffer.share_memory_()
+        self.view: memoryview | None = None  # this process's view, once attached
+        self.pos = 0  # where this process writes its next record
         self._end = 0
 
     # --- pickling: only the shared tensor travels, never a process's position ---
@@ -73,51 +74,51 @@ class EventLog:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._view, self._pos, self._end = None, 0, 0
+        self.view, self.pos, self._end = None, 0, 0
 
     # --- writing (in whichever process fetches) ---
     def attach(self, worker: int) -> None:
         """Start writing to ``worker``'s region (-1: the main process's region)."""
         region = self.num_workers if worker < 0 else worker
         stride = (self.capacity + HEADER) * FIELDS
-        self._view = memoryview(self.buffer.numpy()).cast("B").cast("q")
+        self.view = memoryview(self.buffer.numpy()).cast("B").cast("q")  # type: ignore[arg-type]
         start = region * stride
-        self._pos = start + HEADER * FIELDS
+        self.pos = start + HEADER * FIELDS
         self._end = start + stride
         # continue after records already there (persistent workers, the main
         # process's region across epochs)
-        while self._pos < self._end and self._view[self._pos] != 0:
-            self._pos += FIELDS
-        self._view[start + 1] = os.getpid()
+        while self.pos < self._end and self.view[self.pos] != 0:
+            self.pos += FIELDS
+        self.view[start + 1] = os.getpid()
 
     def room(self, records: int) -> bool:
         """Whether ``records`` more records fit; marks the region as overflowed if not."""
-        view = self._view
+        view = self.view
         if view is None:
             raise RuntimeError("EventLog.attach() was not called in this process")
-        if self._pos + records * FIELDS <= self._end:
+        if self.pos + records * FIELDS <= self._end:
             return True
         view[self._end - (self.capacity + HEADER) * FIELDS] = 1
         return False
 
     def write(self, code: int, batch: int, value: int, at: int) -> None:
         """Append one record (callers check :meth:`room` first)."""
-        view, pos = self._view, self._pos
+        view, pos = self.view, self.pos
         assert view is not None
         view[pos + 1] = batch
         view[pos + 2] = value
         view[pos + 3] = at
         view[pos] = code
-        self._pos = pos + FIELDS
+        self.pos = pos + FIELDS
 
     def set_value_of_last(self, value: int) -> None:
         """Fill in the value of the last record (an iterable's key, known only after next())."""
-        assert self._view is not None
-        self._view[self._pos - FIELDS + 2] = value
+        assert self.view is not None
+        self.view[self.pos - FIELDS + 2] = value
 
     @property
     def attached(self) -> bool:
-        return self._view is not None
+        return self.view is not None
 
     # --- reading (main process) ---
     def regions(self) -> list[tuple[int, int, bool, np.ndarray]]:

@@ -34,7 +34,7 @@ SUMMARY_KEYS = (
 class Occurrence(NamedTuple):
     """One sample produced by the sampler (or yielded by a stream), and its fate."""
 
-    index: int  # dataset index, or the key of a stream's sample
+    index: int  # type: ignore[assignment]  # dataset index, or a stream sample's key
     batch: int  # the batch it was produced for (-1 for a stream's dropped tail)
     fate: str
     rank: int = 0  # distributed rank (see merge_runs)

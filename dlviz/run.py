@@ -34,6 +34,7 @@ EVENT_KINDS = (
     "arrive",  # a batch reached the main process's queue (instant)
     "deliver",  # ``__next__`` handed the batch to your loop (instant)
     "lost",  # the batch raised or its worker died: it never reaches the loop
+    "empty",  # a worker's stream had no more data for this request (IterableDataset)
     "wait",  # main waited inside ``__next__``
     "step",  # your loop's body ran (between two ``__next__`` calls)
 )
@@ -54,7 +55,7 @@ class Event(NamedTuple):
     kind: str
     worker: int
     batch: int
-    index: int
+    index: int  # type: ignore[assignment]  # a field named like tuple.index, on purpose
     start: int
     end: int
     status: str = ""
@@ -82,7 +83,7 @@ class BatchInfo(NamedTuple):
     indices: tuple[int, ...]
     dispatched: int | None
     done: int | None  # delivered or lost at; None while in flight
-    fate: str  # delivered, failed, in_flight or dropped
+    fate: str  # delivered, failed, in_flight, dropped, or empty (a stream had no more data)
     rank: int = 0
 
 
@@ -155,10 +156,10 @@ class Run:
         for e in self.events:
             if e.kind == "dispatch":
                 sent[(e.rank, e.batch)] = e
-            elif e.kind in ("deliver", "lost"):
+            elif e.kind in ("deliver", "lost", "empty"):
                 done[(e.rank, e.batch)] = e
-                fates.setdefault((e.rank, e.batch), "delivered" if e.kind == "deliver"
-                                 else "failed")
+                fates.setdefault((e.rank, e.batch), {"deliver": "delivered", "lost": "failed"
+                                                     }.get(e.kind, "empty"))
         out = []
         for key in sorted(set(indices) | set(sent) | set(done)):
             if key[1] < 0:
@@ -176,7 +177,7 @@ class Run:
         """``(time, batches sent but not yet delivered or lost)`` at every change."""
         steps = sorted(
             (e.start, 1 if e.kind == "dispatch" else -1)
-            for e in self.events if e.kind in ("dispatch", "deliver", "lost")
+            for e in self.events if e.kind in ("dispatch", "deliver", "lost", "empty")
         )
         level, out = 0, [(0, 0)]
         for time, change in steps:

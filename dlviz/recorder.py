@@ -48,15 +48,16 @@ import torch
 from torch._utils import ExceptionWrapper
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, get_worker_info
 from torch.utils.data import _utils as torch_data_utils
+from torch.utils.data._utils import signal_handling
+from torch.utils.data._utils.worker import _IterableDatasetStopIteration
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from dlviz import _check, eventlog
 from dlviz.assemble import build_run
 from dlviz.eventlog import EventLog, clock
-from dlviz.ledger import Occurrence
-from dlviz.run import MAIN, ErrorRecord, Event, Run
+from dlviz.run import MAIN, ErrorRecord, Run
 
-__all__ = ["trace", "record", "Traced"]
+__all__ = ["trace", "record", "play", "Traced"]
 
 _DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? ([\d, ]+)\) (?:exited unexpectedly|is killed)")
 _TIMED_OUT = "DataLoader timed out after"
@@ -98,6 +99,7 @@ class _BatchDrawer:
         self.seq = itertools.count()
         self.batch_size = loader.batch_size
         self.drop_last = loader.drop_last
+        self.source: Any
         if type(loader.batch_sampler) is BatchSampler:  # draw ourselves: see the dropped tail
             self.mode, self.source = "batch", loader.batch_sampler.sampler
             self.batch_size = loader.batch_sampler.batch_size
@@ -110,7 +112,7 @@ class _BatchDrawer:
     def __len__(self) -> int:
         if self.mode == "batch":
             return len(BatchSampler(self.source, self.batch_size or 1, self.drop_last))
-        return len(self.source)  # type: ignore[arg-type]
+        return len(self.source)
 
     def __iter__(self) -> Iterator[_Batch]:
         source = iter(self.source)
@@ -154,23 +156,32 @@ class _TracedMapDataset(Dataset[Any]):
         if not log.attached:
             log.attach(_worker_id())
         indices = batch.indices
-        if not log.room(len(indices) + 3):
+        if not log.room(2 * len(indices) + 2):
             return [inner[i] for i in indices]
-        write = log.write
-        out = []
+        # the hot loop: one record (four stores) per sample, written in place
+        view, pos, out = log.view, log.pos, []
+        assert view is not None
         for index in indices:
+            view[pos + 1] = seq
             try:
-                write(eventlog.FETCH, seq, index, clock())
-            except TypeError:  # an index that is not an int: logged as -1
-                write(eventlog.FETCH, seq, -1, clock())
+                view[pos + 2] = index
+            except TypeError:  # not an int index: logged as -1
+                view[pos + 2] = -1
+            view[pos + 3] = clock()
+            view[pos] = eventlog.FETCH
+            pos += eventlog.FIELDS
             try:
                 sample = inner[index]
             except BaseException:
-                write(eventlog.RAISED, seq, index, clock())
+                log.pos = pos
+                log.write(eventlog.RAISED, seq, view[pos - eventlog.FIELDS + 2], clock())
                 raise
             if sample is None:
-                write(eventlog.NONE, seq, index, clock())
+                log.pos = pos
+                log.write(eventlog.NONE, seq, view[pos - eventlog.FIELDS + 2], clock())
+                pos = log.pos
             out.append(sample)
+        log.pos = pos
         return out
 
 
@@ -310,11 +321,19 @@ class _TracedWorkersIter(_MultiProcessingDataLoaderIter):
         if self._send_idx != before:
             self._dlviz_box.epoch.dispatched(before, self._task_info[before][0])
 
+    def _try_get_data(self, timeout: float = torch_data_utils.MP_STATUS_CHECK_INTERVAL) -> Any:
+        # torch checks its workers' health only when a wait of 5 s runs out (or on
+        # SIGCHLD, main thread only); waiting in short slices notices a dead worker
+        # at once, from any thread. A user's timeout is left exactly as it was.
+        if self._timeout > 0:
+            return super()._try_get_data(timeout)
+        return super()._try_get_data(min(timeout, 0.05))
+
     def _get_data(self) -> Any:
         idx, data = super()._get_data()
         self._dlviz_last_idx = idx
         if isinstance(idx, int):
-            self._dlviz_box.epoch.arrived(idx)
+            self._dlviz_box.epoch.arrived(idx, data, self)
         return idx, data
 
     def _process_data(self, data: Any, worker_idx: int) -> Any:
@@ -326,69 +345,85 @@ class _TracedWorkersIter(_MultiProcessingDataLoaderIter):
 
 
 class _Epoch:
-    """Everything the main process notes during one pass; :meth:`build` makes the Run."""
+    """Everything the main process notes during one pass; :meth:`result` makes the Run.
+
+    Notes are raw tuples on the absolute clock (cheap on the hot path); they become
+    :class:`dlviz.Event` objects only when the Run is built, on first request.
+    """
 
     def __init__(self, traced: Traced) -> None:
         self.traced = traced
         self.origin = clock()
-        self.events: list[Event] = []
+        # (kind, worker, batch, index, start, end, status), absolute clock
+        self.marks: list[tuple[str, int, int, int, int, int, str]] = []
         self.errors: list[ErrorRecord] = []
         self.batches: dict[int, list[Any]] = {}  # seq -> indices, in draw order
         self.tail: tuple[int, list[Any]] | None = None  # dropped by drop_last
         self.task_seq: dict[int, int] = {}  # torch's task number -> our batch number
         self.batch_worker: dict[int, int] = {}
-        self.resolved: dict[int, str] = {}  # seq -> "delivered" | "failed"
+        self.resolved: dict[int, str] = {}  # seq -> "delivered" | "failed" | "empty"
         self.last_drawn = -1
         self.current: tuple[int, int, bool] | None = None  # (seq, worker, failed)
         self.iterator: Any = None
         self.pids: dict[int, int] = {}
-        self.stop: str | None = None
-        self.run: Run | None = None
+        self.stop: str | None = None  # set when the pass is over
+        self._run: Run | None = None
         self.loop: dict[str, Any] = {}  # record()'s loop settings, for the Run's config
 
-    # --- hooks (called from the sampler side and torch's iterator) ---
     def now(self) -> int:
         return clock() - self.origin
 
+    def mark(self, kind: str, worker: int, seq: int) -> None:
+        t = clock()
+        self.marks.append((kind, worker, seq, -1, t, t, ""))
+
+    # --- hooks (called from the sampler side and torch's iterator) ---
     def drawn(self, batch: _Batch) -> None:
         self.batches[batch.seq] = batch.indices
         self.last_drawn = batch.seq
         if self.traced.num_workers == 0:
-            t = self.now()
             self.batch_worker[batch.seq] = MAIN
-            self.events.append(Event("dispatch", MAIN, batch.seq, -1, t, t))
+            self.mark("dispatch", MAIN, batch.seq)
 
     def dropped_tail(self, seq: int, indices: list[Any]) -> None:
         self.tail = (seq, indices)
 
     def dispatched(self, task: int, worker: int) -> None:
-        t = self.now()
         self.task_seq[task] = self.last_drawn
         self.batch_worker[self.last_drawn] = worker
-        self.events.append(Event("dispatch", worker, self.last_drawn, -1, t, t))
+        self.mark("dispatch", worker, self.last_drawn)
 
-    def arrived(self, task: int) -> None:
+    def arrived(self, task: int, data: Any, it: _TracedWorkersIter) -> None:
         seq = self.task_seq.get(task, -1)
-        t = self.now()
-        self.events.append(Event("arrive", self.batch_worker.get(seq, MAIN), seq, -1, t, t))
+        worker = self.batch_worker.get(seq, MAIN)
+        self.mark("arrive", worker, seq)
+        if isinstance(data, _IterableDatasetStopIteration):
+            # the worker's stream is exhausted: this request and every other one
+            # still queued for that worker will never bring a batch
+            for other, info in list(it._task_info.items()):
+                if info[0] == data.worker_id and len(info) == 1:
+                    self.resolve(self.task_seq.get(other, -1), "empty", data.worker_id)
+            self.resolve(seq, "empty", worker)
 
     def processing(self, task: int, worker: int, failed: bool) -> None:
-        self.current = (self.task_seq.get(task, -1), worker, failed)
+        """torch is handing out a task (before it sends the next one to a worker)."""
+        seq = self.task_seq.get(task, -1)
+        self.current = (seq, worker, failed)
+        self.resolve(seq, "failed" if failed else "delivered", worker)
 
     # --- the pass ---
     def resolve(self, seq: int, fate: str, worker: int) -> None:
         if seq < 0 or seq in self.resolved:
             return
         self.resolved[seq] = fate
-        t = self.now()
-        self.events.append(Event("deliver" if fate == "delivered" else "lost",
-                                 worker, seq, -1, t, t))
+        self.mark({"delivered": "deliver", "failed": "lost"}.get(fate, fate), worker, seq)
 
     def error(self, exc: BaseException) -> str:
         """Note an error the loop saw; returns its kind."""
         t = self.now()
         message = str(exc)
         it = self.iterator
+        self._lose_current()
         died = _DIED.search(message)
         if died:
             pids = [int(p) for p in died.group(1).replace(" ", "").split(",") if p]
@@ -406,15 +441,29 @@ class _Epoch:
             self.errors.append(ErrorRecord("timeout", worker, None, seq if seq >= 0 else None,
                                            t, message))
             return "timeout"
-        if self.current is not None and self.current[2]:
+        if self.current is not None:  # torch was handing out this batch: it is lost
             seq, worker, _ = self.current
-        else:  # raised in this process (num_workers=0, or in torch's main-side code)
-            seq, worker = self.last_drawn, MAIN
+        elif self.traced.num_workers == 0 and self.last_drawn not in self.resolved:
+            seq, worker = self.last_drawn, MAIN  # the fetch ran in this process
+        else:  # raised by torch's main-process code (a sampler, say): no batch is lost
+            seq, worker = -1, MAIN
         self.resolve(seq, "failed", worker)
-        index = self._raised_index(seq)
+        index = self._raised_index(seq) if seq >= 0 else None
         self.errors.append(ErrorRecord("exception", worker, index, seq if seq >= 0 else None,
                                        t, message))
         return "exception"
+
+    def _lose_current(self) -> None:
+        """The batch torch was handing out never reached the loop: delivered -> lost."""
+        if self.current is None or self.resolved.get(self.current[0]) != "delivered":
+            return
+        seq = self.current[0]
+        self.resolved[seq] = "failed"
+        for i in range(len(self.marks) - 1, -1, -1):
+            kind, worker, batch, index, start, end, status = self.marks[i]
+            if kind == "deliver" and batch == seq:
+                self.marks[i] = ("lost", worker, batch, index, start, end, status)
+                break
 
     def _waited_for(self) -> tuple[int, int | None]:
         """The batch ``__next__`` was waiting for when it timed out, and its worker."""
@@ -425,30 +474,29 @@ class _Epoch:
         return self.task_seq.get(task, -1), (info[0] if info else None)
 
     def _raised_index(self, seq: int) -> int | None:
-        for worker, _pid, _over, records in self.traced.log.regions():
+        for _worker, _pid, _over, records in self.traced.log.regions():
             hit = records[(records[:, 0] == eventlog.RAISED) & (records[:, 1] == seq)]
-            if len(hit) and hit[-1, 2] >= 0:
-                return int(hit[-1, 2])
-            if len(hit):  # a stream: the key is unknown, the fetch raised
-                return None
+            if len(hit):
+                return int(hit[-1, 2]) if hit[-1, 2] >= 0 else None  # -1: a stream's key
         return None
 
-    def finish(self, stop: str, shutdown: bool) -> Run:
-        """End the pass: stop the workers (unless persistent and kept), build the Run."""
-        if self.run is not None:
-            return self.run
-        self.stop = stop
+    def finish(self, stop: str, shutdown: bool) -> None:
+        """End the pass: note why, stop the workers (unless persistent and kept)."""
+        if self.stop is None:
+            self.stop = stop
+            self.duration = self.now()
         if shutdown:
-            _shutdown(self.iterator, hung=self._hung_workers())
-        self.run = self.build()
-        self.traced.runs.append(self.run)
-        return self.run
+            hung = [e.worker for e in self.errors if e.kind == "timeout" and e.worker is not None]
+            _shutdown(self.iterator, hung=hung)
 
-    def _hung_workers(self) -> list[int]:
-        return [e.worker for e in self.errors if e.kind == "timeout" and e.worker is not None]
-
-    def build(self) -> Run:
-        return build_run(self)
+    def result(self) -> Run:
+        """The Run of this pass, built once, on first request (a snapshot if still open)."""
+        if self._run is not None:
+            return self._run
+        if self.stop is None:
+            return build_run(self, "break", self.now())
+        self._run = build_run(self, self.stop, self.duration)
+        return self._run
 
 
 def _shutdown(it: Any, hung: Sequence[int] = ()) -> None:
@@ -457,7 +505,7 @@ def _shutdown(it: Any, hung: Sequence[int] = ()) -> None:
         return
     if hung:
         if it._worker_pids_set:  # so torch's SIGCHLD handler does not report them
-            torch_data_utils.signal_handling._remove_worker_pids(id(it))
+            signal_handling._remove_worker_pids(id(it))  # type: ignore[attr-defined]
             it._worker_pids_set = False
         for w in hung:
             if 0 <= w < len(it._workers):
@@ -475,7 +523,7 @@ class TracedIterator:
     def __init__(self, traced: Traced, epoch: _Epoch) -> None:
         self.traced = traced
         self.epoch = epoch
-        self.returned_at: int | None = None
+        self.returned_at: int | None = None  # when the last next() returned (abs clock)
         epoch.iterator = iter(traced.loader)
         self.torch_iter = epoch.iterator
         epoch.pids = {i: w.pid for i, w in enumerate(getattr(self.torch_iter, "_workers", []))}
@@ -488,43 +536,45 @@ class TracedIterator:
 
     def __next__(self) -> Any:
         epoch = self.epoch
-        if epoch.run is not None:
+        if epoch.stop is not None:
             raise StopIteration
-        start = epoch.now()
+        start = clock()
         if self.returned_at is not None:
-            epoch.events.append(Event("step", MAIN, -1, -1, self.returned_at, start))
+            epoch.marks.append(("step", MAIN, -1, -1, self.returned_at, start, ""))
         epoch.current = None
         try:
             batch = next(self.torch_iter)
         except StopIteration:
-            epoch.events.append(Event("wait", MAIN, -1, -1, start, epoch.now(), "ok"))
+            epoch.marks.append(("wait", MAIN, -1, -1, start, clock(), "ok"))
             self.finish("exhausted")
             raise
         except KeyboardInterrupt:
-            epoch.events.append(Event("wait", MAIN, -1, -1, start, epoch.now(), "raised"))
+            epoch.marks.append(("wait", MAIN, -1, -1, start, clock(), "raised"))
             self.finish("interrupt")
             raise
         except Exception as exc:
-            epoch.events.append(Event("wait", MAIN, -1, -1, start, epoch.now(), "raised"))
+            self.returned_at = clock()
+            epoch.marks.append(("wait", MAIN, -1, -1, start, self.returned_at, "raised"))
             epoch.error(exc)
             raise
-        seq, worker = ((epoch.current[0], epoch.current[1]) if epoch.current
-                       else (epoch.last_drawn, MAIN))
-        end = epoch.now()
-        epoch.events.append(Event("wait", MAIN, seq, -1, start, end, "ok"))
-        epoch.resolve(seq, "delivered", worker)
-        self.returned_at = end
+        end = self.returned_at = clock()
+        current = epoch.current
+        seq, worker = (current[0], current[1]) if current else (epoch.last_drawn, MAIN)
+        epoch.marks.append(("wait", MAIN, seq, -1, start, end, "ok"))
+        if current is None:
+            epoch.resolve(seq, "delivered", worker)  # num_workers=0: resolved here
         return batch
 
     def finish(self, stop: str = "break") -> Run:
         """End this pass now (workers stopped unless persistent) and return its Run."""
         keep = self.traced.persistent and stop in ("exhausted", "break", "max_batches")
-        return self.epoch.finish(stop, shutdown=not keep)
+        self.epoch.finish(stop, shutdown=not keep)
+        return self.epoch.result()
 
     def __del__(self) -> None:
         try:
-            if self.epoch.run is None:
-                self.finish("break")
+            if self.epoch.stop is None:
+                self.epoch.finish("break", shutdown=not self.traced.persistent)
         except Exception:  # never raise from a finalizer
             pass
 
@@ -544,20 +594,20 @@ class Traced:
         self.original = loader
         self.num_workers = loader.num_workers
         self.persistent = bool(loader.persistent_workers)
-        self.runs: list[Run] = []
+        self.epochs: list[_Epoch] = []
         self._iterator: TracedIterator | None = None
         self.log = EventLog(loader.num_workers, _capacity(loader))
         self.box = _EpochBox()
         self.drawer = _BatchDrawer(loader, self.box)
         method = _start_method(loader)
-        if method != "fork":
+        if method in ("spawn", "forkserver"):
             _check_picklable(loader, key, method)
         self.config = _describe(loader, method, self.iterable)
         self.loader = self._rebuild(loader)
 
     def _rebuild(self, loader: DataLoader[Any]) -> _TracedLoader:
         if self.iterable:
-            dataset: Any = _TracedStream(loader.dataset, self.log, self.key)  # type: ignore[arg-type]
+            dataset: Any = _TracedStream(loader.dataset, self.log, self.key)
         else:
             dataset = _TracedMapDataset(loader.dataset, self.log)
         rebuilt = _TracedLoader(
@@ -565,7 +615,7 @@ class Traced:
             batch_size=(loader.batch_size or 1) if self.iterable else 1,
             drop_last=loader.drop_last,
             num_workers=loader.num_workers,
-            collate_fn=_TracedCollate(loader.collate_fn, self.log,  # type: ignore[arg-type]
+            collate_fn=_TracedCollate(loader.collate_fn, self.log,
                                       unbatched=loader.batch_sampler is None),
             pin_memory=loader.pin_memory,
             timeout=loader.timeout,
@@ -586,10 +636,11 @@ class Traced:
 
     def iterate(self) -> TracedIterator:
         """Start a pass (an epoch). A pass still open is ended first."""
-        if self._iterator is not None and self._iterator.epoch.run is None:
+        if self._iterator is not None and self._iterator.epoch.stop is None:
             self._iterator.finish("break")
         epoch = _Epoch(self)
         self.box.epoch = epoch
+        self.epochs.append(epoch)
         self._iterator = TracedIterator(self, epoch)
         return self._iterator
 
@@ -599,13 +650,14 @@ class Traced:
     @property
     def run(self) -> Run:
         """The Run of the latest pass (a snapshot if that pass is still going)."""
-        if self._iterator is None:
+        if not self.epochs:
             raise RuntimeError("nothing recorded yet: iterate over the traced loader first")
-        epoch = self._iterator.epoch
-        if epoch.run is not None:
-            return epoch.run
-        epoch.stop = "break"
-        return epoch.build()
+        return self.epochs[-1].result()
+
+    @property
+    def runs(self) -> list[Run]:
+        """One Run per pass so far, oldest first."""
+        return [epoch.result() for epoch in self.epochs]
 
     def close(self) -> None:
         """Stop any workers still alive (persistent workers live until this)."""
@@ -663,13 +715,27 @@ def record(loader: DataLoader[Any], *, on_error: str = "raise", max_batches: int
     on_error = _check.choice("on_error", on_error, ("raise", "stop", "continue"))
     max_batches = _check.optional_count("max_batches", max_batches)
     step_s = _check.non_negative("step_ms", step_ms) / 1000
-    traced = Traced(loader, key=key, expected=expected)
+    return play(Traced(loader, key=key, expected=expected), on_error, max_batches, step_s)
+
+
+def play(traced: Traced, on_error: str, max_batches: int | None, step_s: float,
+         cancel: Callable[[], bool] | None = None, keep_workers: bool = False) -> Run:
+    """The loop that :func:`record` runs (arguments already checked).
+
+    ``cancel`` is asked before each batch; when it says True the pass ends as if
+    the loop broke out (the explorer uses it when a newer slider value arrives).
+    ``keep_workers`` leaves persistent workers up for the next pass (the explorer
+    re-runs them while only loop settings change).
+    """
     it = traced.iterate()
     it.epoch.loop = {"on_error": on_error, "max_batches": max_batches, "step_ms": step_s * 1000}
     stop = "exhausted"
     delivered = 0
     try:
         while max_batches is None or delivered < max_batches:
+            if cancel is not None and cancel():
+                stop = "break"
+                break
             try:
                 next(it)
             except StopIteration:
@@ -693,7 +759,8 @@ def record(loader: DataLoader[Any], *, on_error: str = "raise", max_batches: int
         raise
     finally:
         run = it.finish(stop)
-        _shutdown(it.torch_iter)
+        if not keep_workers:
+            _shutdown(it.torch_iter)
     return run
 
 
@@ -743,13 +810,19 @@ class _IntKey:
 
 
 def _capacity(loader: DataLoader[Any]) -> int:
-    """Records per region: room for a few passes over the dataset."""
+    """Records per region: one pass (four with persistent workers) over the samples.
+
+    A region that fills up stops recording and the Run says so in its notes.
+    """
     try:
-        samples = len(loader.dataset)  # type: ignore[arg-type]
+        sized: Any = (loader.sampler if loader.batch_sampler is None
+                      or type(loader.batch_sampler) is BatchSampler else loader.dataset)
+        samples = len(sized)
     except TypeError:
         samples = 65536
-    per_pass = 2 * samples + 4 * (samples // max(1, loader.batch_size or 1)) + 64
-    return max(4096, per_pass * (4 if loader.persistent_workers else 1))
+    batches = samples // max(1, loader.batch_size or 1) + 1
+    per_pass = samples + 3 * batches + 64  # a fetch per sample; collate, end per batch
+    return per_pass * (4 if loader.persistent_workers else 1)
 
 
 def _start_method(loader: DataLoader[Any]) -> str:

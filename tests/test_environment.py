@@ -1,0 +1,63 @@
+"""environment.yml (conda, Binder) must agree with pyproject.toml (pip)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parent.parent
+CONDA_NAMES = {"torch": "pytorch"}  # pip name -> conda-forge name
+
+
+def conda_dependencies() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert env["channels"] == ["conda-forge"], "conda-forge only, no defaults channel"
+    out = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, str):
+            name, _, bound = re.match(r"([A-Za-z0-9_.-]+)\s*(>=\s*)?(.*)", dep).groups()
+            out[name] = bound.strip()
+    return out
+
+
+def test_environment_yml_parses_and_installs_the_package() -> None:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert env["name"] == "dlviz"
+    pips = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+    assert pips == [["-e ."]], "Binder needs the package itself installed with pip"
+    assert "pip" in env["dependencies"]
+
+
+def test_environment_yml_matches_pyproject_lower_bounds() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    conda = conda_dependencies()
+    for spec in project["dependencies"]:
+        req = Requirement(spec)
+        name = CONDA_NAMES.get(req.name, req.name)
+        assert name in conda, f"{req.name} is in pyproject.toml but not in environment.yml"
+        bounds = [s.version for s in req.specifier if s.operator == ">="]
+        assert bounds, f"{req.name} needs a lower bound in pyproject.toml"
+        assert conda[name] == bounds[0], f"{name}: environment.yml says >={conda[name]}, " \
+                                         f"pyproject.toml says >={bounds[0]}"
+    python = project["requires-python"].removeprefix(">=")
+    assert conda["python"] == python
+
+
+def test_no_exact_pins_for_users() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    assert not [s for s in specs if "==" in s], "pin only in constraints.txt"
+
+
+def test_constraints_pin_a_torch_that_pip_can_find_as_a_cpu_build() -> None:
+    pins = (ROOT / "constraints.txt").read_text().splitlines()
+    assert "torch==2.13.0" in pins
