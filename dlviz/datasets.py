@@ -14,6 +14,7 @@ indices it holds: ``batch.tolist()`` tells you exactly which samples arrived.
 - :class:`CountingDataset`, :class:`EpochDataset`, :class:`RandomDataset`
   (lesson 4): state that lives in worker processes.
 - :func:`collate_skip_none` (lesson 3): the "skip bad samples" collate pattern.
+- :func:`make_loader`: a DataLoader with the notebook's ``start_method``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "EpochDataset",
     "RandomDataset",
     "collate_skip_none",
+    "make_loader",
 ]
 
 
@@ -275,3 +277,19 @@ def collate_skip_none(samples: Sequence[Any]) -> Any:
     if not kept:
         return torch.empty(0, dtype=torch.int64)
     return default_collate(kept)
+
+
+def make_loader(dataset: Any, *, start_method: str | None = None, **kwargs: Any) -> Any:
+    """``DataLoader(dataset, **kwargs)`` started with ``start_method`` (None: the default).
+
+    The notebooks build every loader through this, so CI can re-run a whole lesson
+    under spawn (as macOS and Windows do) with one parameter. ``start_method`` is
+    passed as ``multiprocessing_context`` only when there are workers to start.
+    """
+    from torch.utils.data import DataLoader
+
+    if start_method is not None:
+        _check.choice("start_method", start_method, ("fork", "spawn", "forkserver"))
+        if kwargs.get("num_workers", 0) > 0:
+            kwargs["multiprocessing_context"] = start_method
+    return DataLoader(dataset, **kwargs)

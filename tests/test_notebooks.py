@@ -1,0 +1,58 @@
+"""Every lesson runs end to end under papermill: smoke mode, default start method
+and spawn (what macOS and Windows use). A failed Check cell fails the test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import papermill
+import pytest
+from jupyter_client.kernelspec import find_kernel_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+KERNEL = "dlviz" if "dlviz" in find_kernel_specs() else "python3"
+
+
+def execute(path: Path, out: Path, start_method: str | None) -> dict:
+    papermill.execute_notebook(
+        str(path), str(out), parameters={"smoke": True, "start_method": start_method},
+        kernel_name=KERNEL, cwd=str(path.parent), progress_bar=False, request_save_on_cell_execute=False,
+        execution_timeout=600,
+    )
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start_method", [None, "spawn"], ids=["default", "spawn"])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_lesson_runs_and_draws(path: Path, start_method: str | None, tmp_path: Path) -> None:
+    executed = execute(path, tmp_path / path.name, start_method)
+    cells = [c for c in executed["cells"] if c["cell_type"] == "code"]
+    errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert images, f"{path.name} shows no figure"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_lesson_structure(path: Path) -> None:
+    """Parameters first, objectives up front, Check cells, exercises with solutions."""
+    cells = json.loads(path.read_text())["cells"]
+    first = cells[0]
+    assert first["cell_type"] == "code" and "parameters" in first["metadata"].get("tags", [])
+    source = "".join(first["source"])
+    assert "smoke" in source and "start_method" in source
+    text = "\n".join("".join(c["source"]) for c in cells)
+    assert "objectives" in text.lower()
+    checks = [c for c in cells if c["cell_type"] == "code" and "".join(c["source"]).lstrip()
+              .startswith("# Check")]
+    assert len(checks) >= 2, "each claim needs a Check cell that asserts it"
+    assert all("assert" in "".join(c["source"]) for c in checks)
+    assert "dlviz.explore(" in text, "each lesson has an explorer"
+    assert "Exercise" in text and "Solution" in text
+    for cell in cells:  # datasets and helpers come from dlviz, so spawn can import them
+        code = "".join(cell["source"])
+        if cell["cell_type"] == "code" and ("class " in code or "lambda" in code):
+            assert "bug-hunt" in cell["metadata"].get("tags", []), code[:80]
