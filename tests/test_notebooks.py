@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import papermill
 import pytest
@@ -15,11 +16,11 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 KERNEL = "dlviz" if "dlviz" in find_kernel_specs() else "python3"
 
 
-def execute(path: Path, out: Path, start_method: str | None) -> dict:
+def execute(path: Path, out: Path, start_method: str | None) -> dict[str, Any]:
     papermill.execute_notebook(
         str(path), str(out), parameters={"smoke": True, "start_method": start_method},
-        kernel_name=KERNEL, cwd=str(path.parent), progress_bar=False, request_save_on_cell_execute=False,
-        execution_timeout=600,
+        kernel_name=KERNEL, cwd=str(path.parent), progress_bar=False,
+        request_save_on_cell_execute=False, execution_timeout=600,
     )
     return json.loads(out.read_text())
 
