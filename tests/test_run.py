@@ -45,7 +45,7 @@ def test_newer_version_is_refused_with_advice(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "[]", '{"format": "other"}', "NaN", "{" * 5000,
-                                  '{"format": "%s", "version": "1"}' % FORMAT])
+                                  '{"format": "' + FORMAT + '", "version": "1"}'])
 def test_foreign_files_raise_value_error(text: str, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text(text)
     with pytest.raises(ValueError):
