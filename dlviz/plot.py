@@ -3,6 +3,7 @@
 - :func:`plot_timeline`: what every process did, and when (lessons 0, 1, 3, 8).
 - :func:`plot_ledger`: what became of every dataset index (lessons 1-7).
 - :func:`plot_run`: both, plus the counts, as the notebooks and the explorer show it.
+- :func:`plot_pipeline`: the stages a batch goes through, with this run's counts (lesson 0).
 
 Plots read only a Run, so a run loaded with :meth:`dlviz.Run.from_json` draws
 anywhere, without torch. Fates always wear the colours of
@@ -14,7 +15,9 @@ one), return it, never call ``plt.show()`` and never touch ``rcParams``.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -26,12 +29,12 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.legend_handler import HandlerTuple
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.patches import FancyBboxPatch, Patch
 
 from dlviz.ledger import FATE_COLORS, FATES, SUMMARY_KEYS
 from dlviz.run import MAIN, BatchInfo, Event, Run
 
-__all__ = ["plot_timeline", "plot_ledger", "plot_run", "BATCH_COLORS"]
+__all__ = ["plot_timeline", "plot_ledger", "plot_run", "plot_pipeline", "BATCH_COLORS"]
 
 BATCH_COLORS = ("#BBCCEE", "#CCDDAA", "#DDDDDD", "#EEEEBB", "#CCEEFF", "#E8D0E8", "#FFD8C8")
 """Pale tints for fetch spans, cycling with the batch number (7: never in step with
@@ -458,3 +461,282 @@ def plot_run(run: Run) -> Figure:
     plot_ledger(run, fig.add_axes(box["ledger"]))
     _summary(fig, run, (0.2 / width, box["summary"][1], 1 - 0.4 / width, box["summary"][3]))
     return fig
+
+
+# ---------------------------------------------------------------- the pipeline map
+_STAGE_FILL, _WORKER_FILL, _PROCESS_BAND, _OFF = "#F4F4F4", "#E4ECF7", "#EEF3FA", "#9A9A9A"
+_COLUMNS = {"sampler": (6.5, 12.0), "batch_sampler": (23.5, 13.0), "queue": (40.5, 12.0),
+            "worker": (58.0, 14.5), "reorder": (76.0, 13.0), "loop": (93.0, 12.0)}
+"""Each stage's (x centre, width), in axis units 0..100."""
+
+
+@dataclass(frozen=True)
+class _Flow:
+    """The numbers :func:`plot_pipeline` writes on its map, every one read from a Run."""
+
+    iterable: bool
+    workers: int
+    in_order: bool
+    dataset_size: int
+    draws: int  # samples the sampler produced (a stream: the samples its workers yielded)
+    unique: int  # distinct indices among them
+    batch_size: int | None
+    batches: int  # batches sent on (dispatch events), the drop_last tail not included
+    lanes: list[Lane]  # (rank, worker); worker MAIN when the main process fetches itself
+    sent: dict[Lane, int]  # batches sent to each worker's index queue
+    fetched: dict[Lane, int]  # dataset[i] calls in each worker
+    collated: dict[Lane, int]  # collate_fn calls in each worker
+    back: dict[Lane, int]  # batches each worker handed back to the main process
+    delivered_batches: int
+    lost_batches: int
+    in_flight_batches: int
+    dropped_batches: int
+    deliveries: int  # samples that reached your loop (repeats included)
+    delivered_unique: int
+    lost: int  # samples, by their occurrence's fate
+    in_flight: int
+    dropped: int
+    filtered: int
+
+
+def _flow(run: Run) -> _Flow:
+    """Count what passed through each stage of :func:`plot_pipeline`'s map."""
+    occ = run.occurrences
+    fates = Counter(o.fate for o in occ)
+    workers = int(run.config.get("num_workers", 0) or 0)
+    ranks = sorted({0} | {o.rank for o in occ} | {e.rank for e in run.events})
+    per_kind: dict[str, Counter[Lane]] = {
+        kind: Counter((e.rank, e.worker) for e in run.events if e.kind == kind)
+        for kind in ("dispatch", "fetch", "collate", "arrive", "deliver", "lost")}
+    if workers == 0:
+        lanes = [(r, MAIN) for r in ranks]
+        back = per_kind["deliver"] + per_kind["lost"]  # no queues: every resolved batch
+    else:
+        seen = {lane for kind in ("dispatch", "fetch", "collate") for lane in per_kind[kind]
+                if lane[1] != MAIN}
+        lanes = sorted(seen | {(r, w) for r in ranks for w in range(workers)})
+        back = per_kind["arrive"]
+    batches = run.batches()
+    by_fate = Counter(b.fate for b in batches if b.indices or b.fate != "in_flight")
+    batch_size = run.config.get("batch_size")
+    return _Flow(
+        iterable=run.config.get("dataset_kind") == "iterable",
+        workers=workers,
+        in_order=bool(run.config.get("in_order", True)),
+        dataset_size=run.dataset_size,
+        draws=len(occ),
+        unique=len({o.index for o in occ}),
+        batch_size=batch_size if isinstance(batch_size, int) else None,
+        batches=sum(per_kind["dispatch"].values()),
+        lanes=lanes,
+        sent={lane: per_kind["dispatch"][lane] for lane in lanes},
+        fetched={lane: per_kind["fetch"][lane] for lane in lanes},
+        collated={lane: per_kind["collate"][lane] for lane in lanes},
+        back={lane: back[lane] for lane in lanes},
+        delivered_batches=by_fate["delivered"],
+        lost_batches=by_fate["failed"],
+        in_flight_batches=by_fate["in_flight"],
+        dropped_batches=len({(o.rank, o.batch) for o in occ if o.fate == "dropped"}),
+        deliveries=fates["delivered"],
+        delivered_unique=len({o.index for o in occ if o.fate == "delivered"}),
+        lost=fates["failed"],
+        in_flight=fates["in_flight"],
+        dropped=fates["dropped"],
+        filtered=fates["filtered"],
+    )
+
+
+def _plural(count: int, word: str) -> str:
+    """``1 batch``, ``2 batches``, ``1 sample``, ``2 samples``."""
+    if count == 1:
+        return f"1 {word}"
+    return f"{count} {word}es" if word.endswith("ch") else f"{count} {word}s"
+
+
+def _box(ax: Axes, column: str, y: float, h: float, title: str, body: str, gid: str, *,
+         fill: str | tuple[float, float, float, float] = _STAGE_FILL, edge: str = INK,
+         ink: str = INK, dashed: bool = False) -> None:
+    """A rounded box centred on ``column`` and ``y``: a bold title, then the numbers.
+
+    The body text carries ``gid``; the title ``gid:title``; the box ``gid:box``.
+    """
+    x, width = _COLUMNS[column]
+    ax.add_patch(FancyBboxPatch((x - width / 2, y - h / 2), width, h,
+                                boxstyle="round,pad=0,rounding_size=0.1", fc=fill, ec=edge,
+                                lw=1.0, ls="--" if dashed else "-", zorder=2,
+                                mutation_aspect=1 / 8, gid=f"{gid}:box"))
+    ax.text(x, y - h / 2 + 0.07, title, ha="center", va="top", fontsize=9,
+            fontweight="bold", color=ink, zorder=3, gid=f"{gid}:title")
+    ax.text(x, y + 0.1, body, ha="center", va="center", fontsize=8.5, color=ink,
+            linespacing=1.3, zorder=3, gid=gid)
+
+
+def _edge(column: str, side: int) -> float:
+    """The x of a column's left (``side=-1``) or right (``side=1``) edge."""
+    x, width = _COLUMNS[column]
+    return x + side * width / 2
+
+
+def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], gid: str, *,
+           label: str = "", at: float = 0.5, color: str = INK, dashed: bool = False) -> None:
+    """An arrow from ``start`` to ``end``; a label (``gid:label``) ``at`` along it."""
+    ax.annotate("", end, start, zorder=1.5, gid=gid, arrowprops={
+        "arrowstyle": "-|>", "color": color, "lw": 1.1, "shrinkA": 0, "shrinkB": 0,
+        "mutation_scale": 11, "linestyle": "--" if dashed else "-"})
+    if label:
+        x = start[0] + at * (end[0] - start[0])
+        y = start[1] + at * (end[1] - start[1])
+        ax.text(x, y, label, ha="center", va="center", fontsize=8, color=color, zorder=4,
+                gid=f"{gid}:label", bbox={"boxstyle": "round,pad=0.2", "fc": "white",
+                                          "ec": "none"})
+
+
+def _sink(ax: Axes, column: str, y: float, top: float, fate: str, title: str, body: str,
+          count: int, gid: str) -> None:
+    """Where samples leave the pipeline, under a stage: fate-coloured, grey when 0."""
+    color = FATE_COLORS[fate] if count else _OFF
+    fill = to_rgba(FATE_COLORS[fate], 0.16) if count else "white"
+    h = 0.95
+    _arrow(ax, (_COLUMNS[column][0], top), (_COLUMNS[column][0], y - h / 2), f"{gid}:arrow",
+           color=color, dashed=True)
+    _box(ax, column, y, h, title, body, gid, fill=fill, edge=color,
+         ink=INK if count else _OFF)
+
+
+def plot_pipeline(run: Run, ax: Axes | None = None) -> Axes:
+    """Draw the DataLoader's pipeline as boxes and arrows, with this run's numbers.
+
+    Left to right, the stages every batch goes through (lesson 0's map):
+
+    - ``sampler``: draws dataset indices (how many, out of how many);
+    - ``batch sampler``: groups them into batches of ``batch_size`` (how many);
+      with ``drop_last`` the short tail goes to the *dropped* box below it;
+    - ``index queue w``: one per worker: the batches of indices sent to it
+      (round robin, ``prefetch_factor * num_workers`` at a time at most);
+    - ``worker w``: a separate process that fetches ``dataset[i]`` for each index
+      and collates the samples into a batch (how many samples, how many batches).
+      With ``num_workers=0`` the main process does this itself, with no queues;
+    - ``reorder``: batches come back in any order and wait there until it is
+      their turn (``in_order=True``), so your loop sees them in sampler order;
+    - ``your loop``: the batches and samples that reached it.
+
+    Under the stages, the boxes for samples that left the pipeline: dropped by
+    ``drop_last``, lost with an error, in flight when the loop stopped, filtered
+    (``None``): the first two always (grey when 0), the others when they happened.
+    Every number is counted from the run's events and ledger, so a run loaded
+    from JSON draws the same map. For an IterableDataset there are no indices to
+    draw: the sampler only paces requests and each worker iterates its own copy
+    of the dataset (lesson 5); its dropped tails are each worker's own.
+
+    Give it room: about 12 x (1.1 + 0.95 x (workers + 2)) inches. Returns the Axes
+    (axis lines hidden); the numbers are texts with gids ``pipeline:<stage>``
+    (``pipeline:worker:0``, ``pipeline:loop``, ``pipeline:dropped``, ...).
+    """
+    ax = ax or plt.gca()
+    f = _flow(run)
+    rows = len(f.lanes)
+    ranks = len({rank for rank, _ in f.lanes})
+    mid = rows / 2
+    stage_h = min(1.5, max(0.9, 0.9 * rows))
+    lane_h = 0.84
+    lane_y = {lane: i + 0.5 for i, lane in enumerate(f.lanes)}
+    sinks_y = rows + 1.1
+    bottom, lanes_bottom = mid + stage_h / 2, rows - 0.5 + lane_h / 2
+
+    # where each stage runs
+    for columns, where in ((("sampler", "batch_sampler"), "main process"),
+                           (("reorder", "loop"), "main process"),
+                           (("worker",), "worker processes" if f.workers else "main process")):
+        x = sum(_COLUMNS[c][0] for c in columns) / len(columns)
+        ax.text(x, -0.22, where, ha="center", va="bottom", fontsize=8.5, color="#555555",
+                style="italic", gid="pipeline:process")
+    if f.workers:
+        x, width = _COLUMNS["worker"]
+        ax.add_patch(FancyBboxPatch((x - width / 2 - 1.0, -0.06), width + 2.0, rows + 0.12,
+                                    boxstyle="round,pad=0,rounding_size=0.1", fc=_PROCESS_BAND,
+                                    ec="none", zorder=0.5, mutation_aspect=1 / 8,
+                                    gid="pipeline:worker_band"))
+
+    # sampler -> batch sampler
+    if f.iterable:
+        _box(ax, "sampler", mid, stage_h, "sampler", "none: each\nworker iterates\nits own copy",
+             "pipeline:sampler")
+    else:
+        unique = f"\n({f.unique} unique)" if f.unique != f.draws else ""
+        _box(ax, "sampler", mid, stage_h, "sampler",
+             f"{f.draws} indices\nof {f.dataset_size}{unique}", "pipeline:sampler")
+    _arrow(ax, (_edge("sampler", 1), mid), (_edge("batch_sampler", -1), mid),
+           "pipeline:arrow:indices", label="" if f.iterable else str(f.draws))
+    size = "?" if f.batch_size is None else str(f.batch_size)
+    what = "requests" if f.iterable else "batches"
+    drop = "\ndrop_last=True" if run.config.get("drop_last") else ""
+    _box(ax, "batch_sampler", mid, stage_h, "batch sampler",
+         f"{f.batches} {what}\nof up to {size}{drop}", "pipeline:batch_sampler")
+
+    # per worker: index queue -> worker (fetch + collate) -> back to the main process
+    for lane in f.lanes:
+        y = lane_y[lane]
+        name = _lane_name(lane, ranks)
+        key = f"{lane[1]}" if ranks == 1 else f"{lane[0]}.{lane[1]}"
+        _arrow(ax, (_edge("batch_sampler", 1), mid), (_edge("queue", -1), y),
+               f"pipeline:arrow:send:{key}")
+        if f.workers:
+            _box(ax, "queue", y, lane_h, f"index queue {name.split()[-1]}",
+                 f"{_plural(f.sent[lane], 'batch')}\nsent", f"pipeline:queue:{key}")
+            title = name
+        else:
+            _box(ax, "queue", y, lane_h, "no index queue", "num_workers=0",
+                 f"pipeline:queue:{key}", fill="white", edge=_OFF, ink=_OFF, dashed=True)
+            title = name.replace("main", "main process")
+        _arrow(ax, (_edge("queue", 1), y), (_edge("worker", -1), y),
+               f"pipeline:arrow:queue:{key}")
+        verb = "yielded" if f.iterable else "fetched"
+        _box(ax, "worker", y, lane_h, title,
+             f"{_plural(f.fetched[lane], 'sample')} {verb}\n"
+             f"{_plural(f.collated[lane], 'batch')} collated",
+             f"pipeline:worker:{key}", fill=_WORKER_FILL)
+        _arrow(ax, (_edge("worker", 1), y), (_edge("reorder", -1), mid),
+               f"pipeline:arrow:back:{key}", label=str(f.back[lane]), at=0.4)
+
+    # reorder -> your loop
+    if f.workers:
+        order = "in sampler order" if f.in_order else "as they arrive"
+        _box(ax, "reorder", mid, stage_h, "reorder",
+             f"{sum(f.back.values())} came back;\nhanded out\n{order}", "pipeline:reorder")
+    else:
+        _box(ax, "reorder", mid, stage_h, "no reorder", "one batch\nat a time",
+             "pipeline:reorder", fill="white", edge=_OFF, ink=_OFF, dashed=True)
+    _arrow(ax, (_edge("reorder", 1), mid), (_edge("loop", -1), mid), "pipeline:arrow:deliver",
+           label=str(f.delivered_batches))
+    repeats = (f"\n({f.delivered_unique} unique)" if f.delivered_unique != f.deliveries
+               else "")
+    _box(ax, "loop", mid, stage_h, "your loop",
+         f"{_plural(f.delivered_batches, 'batch')}\n{_plural(f.deliveries, 'sample')}"
+         f"{repeats}", "pipeline:loop", fill=to_rgba(FATE_COLORS["delivered"], 0.16),
+         edge=FATE_COLORS["delivered"])
+
+    # where samples leave the pipeline: dropped by the batch sampler (a stream: by each
+    # worker), in flight past the queues, lost at __next__, filtered in collate
+    _sink(ax, "worker" if f.iterable else "batch_sampler", sinks_y,
+          lanes_bottom if f.iterable else bottom, "dropped", "dropped (drop_last)",
+          f"{_plural(f.dropped_batches, 'batch')}\n{_plural(f.dropped, 'sample')}",
+          f.dropped, "pipeline:dropped")
+    if f.in_flight or f.in_flight_batches:
+        _sink(ax, "queue", sinks_y, lanes_bottom, "in_flight", "in flight at stop",
+              f"{_plural(f.in_flight_batches, 'batch')}\n{_plural(f.in_flight, 'sample')}",
+              f.in_flight, "pipeline:in_flight")
+    _sink(ax, "reorder", sinks_y, bottom, "failed", "lost (error)",
+          f"{_plural(f.lost_batches, 'batch')}\n{_plural(f.lost, 'sample')}",
+          f.lost_batches + f.lost, "pipeline:lost")
+    if f.filtered:
+        column = "loop" if f.iterable else "worker"
+        _sink(ax, column, sinks_y, bottom if f.iterable else lanes_bottom, "filtered",
+              "filtered (None)", f"{_plural(f.filtered, 'sample')}\nskipped in collate",
+              f.filtered, "pipeline:filtered")
+
+    ax.set_xlim(0, 100)
+    ax.set_ylim(sinks_y + 0.55, -0.5)
+    ax.set_axis_off()
+    ax.set_title("Pipeline: the stages every batch passes through (numbers from this run)",
+                 loc="left", fontsize=11)
+    return ax
