@@ -57,7 +57,7 @@ def build_run(epoch: _Epoch, stop: str, duration: int) -> Run:
     notes = []
     deaths = {e.worker: e.time for e in epoch.errors if e.kind == "worker_died"}
 
-    for worker, _pid, overflowed, records in traced.log.regions():
+    for worker, pid, overflowed, records in traced.log.regions():
         if overflowed:
             notes.append(f"worker {worker}'s event log filled up: later events are missing")
         code, seq, value = records[:, 0], records[:, 1], records[:, 2]
@@ -72,6 +72,8 @@ def build_run(epoch: _Epoch, stop: str, duration: int) -> Run:
             events.append(Event("worker_start", worker, -1, pid, at, at))
 
         in_pass = np.isin(seq, seqs)  # persistent workers log every pass in one region
+        if worker >= 0 and in_pass.any():  # a persistent worker started in an earlier pass
+            workers.setdefault(worker, pid)
         fetch = (code == log.FETCH) & in_pass
         empty = fetch & (next_code == log.END)  # the next() that found the stream empty
         ended_batches.update(seq[empty].tolist())
