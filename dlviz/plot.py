@@ -281,7 +281,10 @@ def _errors(ax: Axes, run: Run, batches: Sequence[BatchInfo], y: dict[Lane, floa
                 x, lane = span.end / 1e6, (span.rank, span.worker)
                 if span.worker == MAIN:
                     lane = (span.rank, _LOADING)
-                label += f" at index {err.index}" if span.kind == "fetch" else " in collate"
+                if span.kind == "collate":
+                    label += " in collate"
+                elif err.index is not None:  # a stream's failing key is unknown
+                    label += f" at index {err.index}"
         elif err.kind == "timeout":
             lane, label = main, f"timeout ({run.config.get('timeout', 0):g} s)"
         ly, right = y.get(lane, y[main]), x > 0.7 * end_ms  # near the legend: text to the left
