@@ -109,7 +109,7 @@ def _dlviz(loader: DataLoader[Any], look: bool, tmp: str) -> dict[str, Any]:
     epoch = it.epoch
     gc.collect()
     t1 = time.perf_counter()
-    run = assemble.build_run(epoch)  # what traced.run / the end of the pass costs
+    run = assemble.build_run(epoch, epoch.stop or "break", epoch.duration)  # first traced.run
     build = time.perf_counter() - t1
     out: dict[str, Any] = {"s": elapsed, "batches": n, "build_s": build,
                            "events": len(run.events)}

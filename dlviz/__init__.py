@@ -21,7 +21,9 @@ from dlviz.run import Event, Run, merge_runs
 # DataLoader workers (which import dlviz for its datasets) skip matplotlib and ipywidgets.
 _LAZY = {"record": "dlviz.recorder", "trace": "dlviz.recorder", "Traced": "dlviz.recorder",
          "plot_timeline": "dlviz.plot", "plot_ledger": "dlviz.plot", "plot_run": "dlviz.plot",
-         "explore": "dlviz.explorer", "Explorer": "dlviz.explorer"}
+         "plot_pipeline": "dlviz.plot",
+         "explore": "dlviz.explorer", "Explorer": "dlviz.explorer",
+         "record_ranks": "dlviz.distributed"}
 
 __all__ = ["Run", "Event", "merge_runs", "datasets", "FATES", "FATE_COLORS", *_LAZY]
 __version__ = "0.1.0"

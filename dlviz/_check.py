@@ -25,11 +25,13 @@ def integer(name: str, value: object) -> int:
     return value
 
 
-def count(name: str, value: object, *, minimum: int = 0) -> int:
-    """An int >= ``minimum``."""
+def count(name: str, value: object, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """An int >= ``minimum`` (and <= ``maximum``, if given)."""
     number = integer(name, value)
     if number < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be <= {maximum:_}, got {number}")
     return number
 
 
@@ -37,13 +39,18 @@ def optional_count(name: str, value: object, *, minimum: int = 0) -> int | None:
     return None if value is None else count(name, value, minimum=minimum)
 
 
-def non_negative(name: str, value: object) -> float:
-    """A finite real number >= 0."""
+def non_negative(name: str, value: object, *, maximum: float = math.inf) -> float:
+    """A finite real number >= 0 (and <= ``maximum``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, not {_type_name(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        number = math.inf
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if number > maximum:
+        raise ValueError(f"{name} must be at most {maximum:g}, got {value!r}")
     return number
 
 
@@ -71,8 +78,15 @@ def index_set(name: str, value: object, size: int) -> frozenset[int]:
                         f"not {_type_name(value)}")
     else:
         items = value
-    indices = frozenset(integer(f"{name} item", item) for item in items)
-    outside = sorted(i for i in indices if not 0 <= i < size)
-    if outside:
-        raise ValueError(f"{name} has indices outside the dataset (0..{size - 1}): {outside[:5]}")
-    return indices
+    try:
+        iterator = iter(items)
+    except TypeError:  # a 0-d tensor, say
+        raise TypeError(f"{name} must be an index or a collection of indices, "
+                        f"not {_type_name(value)}") from None
+    indices = set()
+    for item in iterator:  # checked one by one: range(10**12) fails at once, not after a while
+        index = integer(f"{name} item", item)
+        if not 0 <= index < size:
+            raise ValueError(f"{name} has indices outside the dataset (0..{size - 1}): {[index]}")
+        indices.add(index)
+    return frozenset(indices)

@@ -43,6 +43,12 @@ __all__ = [
 ]
 
 
+MAX_N = 10_000_000
+"""The most samples a teaching dataset holds (``CountingDataset`` keeps arrays of ``n``)."""
+MAX_COST_MS = 60_000.0
+"""The longest a sample may take (a minute): longer is a hang, and ``hang_at`` says so."""
+
+
 def _spend(cost_ms: float, work: str) -> None:
     """Spend ``cost_ms`` milliseconds: asleep (I/O-bound) or spinning (CPU-bound)."""
     if cost_ms <= 0:
@@ -63,8 +69,8 @@ class SyntheticDataset(Dataset[torch.Tensor | None]):
     """``n`` samples; sample ``i`` is ``torch.tensor(i)``. Used in lessons 1, 2, 3, 7, 8.
 
     Args:
-        n: number of samples (indices ``0..n-1``).
-        cost_ms: time each ``__getitem__`` takes.
+        n: number of samples (indices ``0..n-1``), at most :data:`MAX_N`.
+        cost_ms: time each ``__getitem__`` takes, at most :data:`MAX_COST_MS`.
         work: ``"sleep"`` (waits, like disk or network I/O) or ``"cpu"`` (spins,
             like decoding an image).
         fail_at: indices whose fetch raises ``ValueError("... index i")``.
@@ -89,8 +95,8 @@ class SyntheticDataset(Dataset[torch.Tensor | None]):
         hang_at: Iterable[int] = (),
         none_at: Iterable[int] = (),
     ) -> None:
-        self.n = _check.count("n", n)
-        self.cost_ms = _check.non_negative("cost_ms", cost_ms)
+        self.n = _check.count("n", n, maximum=MAX_N)
+        self.cost_ms = _check.non_negative("cost_ms", cost_ms, maximum=MAX_COST_MS)
         self.work = _check.choice("work", work, ("sleep", "cpu"))
         self.fail_at = _check.index_set("fail_at", fail_at, self.n)
         self.crash_at = _check.index_set("crash_at", crash_at, self.n)
@@ -159,9 +165,9 @@ class SyntheticStream(IterableDataset[torch.Tensor]):
         cost_ms: float = 0.0,
         fail_at: Iterable[int] = (),
     ) -> None:
-        self.n = _check.count("n", n)
+        self.n = _check.count("n", n, maximum=MAX_N)
         self.sharding = _check.choice("sharding", sharding, ("none", "floor", "stride"))
-        self.cost_ms = _check.non_negative("cost_ms", cost_ms)
+        self.cost_ms = _check.non_negative("cost_ms", cost_ms, maximum=MAX_COST_MS)
         self.fail_at = _check.index_set("fail_at", fail_at, self.n)
 
     def _my_keys(self) -> range:
@@ -205,7 +211,7 @@ class CountingDataset(Dataset[torch.Tensor]):
     """
 
     def __init__(self, n: int) -> None:
-        self.n = _check.count("n", n)
+        self.n = _check.count("n", n, maximum=MAX_N)
         self.calls = 0
         self.hits_array = np.zeros(self.n, dtype=np.int64)
         self.hits_tensor = torch.zeros(self.n, dtype=torch.int64)
@@ -228,7 +234,7 @@ class EpochDataset(Dataset[torch.Tensor]):
     """
 
     def __init__(self, n: int) -> None:
-        self.n = _check.count("n", n)
+        self.n = _check.count("n", n, maximum=MAX_N)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -249,7 +255,7 @@ class RandomDataset(Dataset[torch.Tensor]):
     """
 
     def __init__(self, n: int, source: str = "generator", seed: int = 0) -> None:
-        self.n = _check.count("n", n)
+        self.n = _check.count("n", n, maximum=MAX_N)
         self.source = _check.choice("source", source, ("generator", "global", "torch"))
         self.rng = np.random.default_rng(_check.count("seed", seed))
 
@@ -288,8 +294,12 @@ def make_loader(dataset: Any, *, start_method: str | None = None, **kwargs: Any)
     """
     from torch.utils.data import DataLoader
 
+    if not (hasattr(dataset, "__getitem__") or hasattr(dataset, "__iter__")):
+        raise TypeError(f"dataset must be a Dataset (indexable or iterable), "
+                        f"not {type(dataset).__name__}")
+    workers = _check.count("num_workers", kwargs.get("num_workers", 0))
     if start_method is not None:
         _check.choice("start_method", start_method, ("fork", "spawn", "forkserver"))
-        if kwargs.get("num_workers", 0) > 0:
+        if workers > 0:
             kwargs["multiprocessing_context"] = start_method
     return DataLoader(dataset, **kwargs)

@@ -7,26 +7,34 @@ processes, every time) and draws it with :func:`dlviz.plot_run`. Every lesson
 has one ("tweak, twiddle, and frob"); lesson 0 shows how to use it.
 
 - A change that arrives while a pass is running supersedes it: the running pass
-  stops at its next batch and only the newest settings are drawn.
-- ``widget.rerun(**values)`` sets controls and records synchronously, by the same
-  path a slider takes; it returns the new Run (tests and papermill use it).
+  stops at its next batch and only the newest settings are recorded and drawn
+  (slider changes never pile up).
+- ``widget.rerun(**values)`` sets controls and records by the same path a slider
+  takes, and waits for it; it returns the new Run (tests and papermill use it).
 - Nothing escapes into your kernel: an impossible combination or an injected
   fault is explained inside the widget. A hang always runs with a timeout.
+- With ``persistent_workers`` on, the workers are kept while only the loop
+  settings (``on_error``, ``max_batches``, ``step_ms``) change, as a training
+  script keeps them from epoch to epoch; ``widget.close()`` stops them.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import multiprocessing
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import ipywidgets as widgets
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
 from dlviz import _check
@@ -39,6 +47,14 @@ from dlviz.run import Run
 __all__ = ["explore", "Explorer"]
 
 HANG_TIMEOUT_S = 1.0
+DPI = 80
+"""Resolution of the explorer's image (plot_run's figure is 12 inches wide: 960 px)."""
+PNG_COMPRESSION = 1
+"""zlib level for the image: 1 encodes in about 60% of the time of the default 6, and
+the flat colours of a plot compress almost as well (63 KB against 61 KB)."""
+PERSISTENT_PASSES = 4
+"""Passes a set of persistent workers is kept for: the recorder's event log holds four
+passes, so the fifth re-run starts fresh workers rather than record a truncated pass."""
 FAULTS = {"none": None, "exception": "fail_at", "worker crash": "crash_at",
           "hang": "hang_at", "None sample": "none_at"}
 START_METHODS = ("default", *multiprocessing.get_all_start_methods())
@@ -81,6 +97,8 @@ CONTROLS: dict[str, Control] = {
 }
 DEFAULT_SHOWN = ("n", "batch_size", "num_workers", "prefetch_factor", "drop_last", "shuffle",
                  "fault", "fault_at", "on_error", "max_batches", "cost_ms", "step_ms")
+LOOP_SETTINGS = ("on_error", "max_batches", "step_ms")
+"""Controls that change only the loop: persistent workers survive a change of these."""
 
 
 def _make_widget(name: str, spec: Control, value: Any, span: tuple[Any, Any] | None
@@ -91,7 +109,7 @@ def _make_widget(name: str, spec: Control, value: Any, span: tuple[Any, Any] | N
     if spec.kind == "int":
         return widgets.IntSlider(value=value, min=low, max=high, **common)
     if spec.kind == "float":
-        return widgets.FloatSlider(value=value, min=low, max=high, step=0.5, **common)
+        return widgets.FloatSlider(value=value, min=low, max=high, step=0.1, **common)
     if spec.kind == "bool":
         return widgets.Checkbox(value=value, description=name, indent=False)
     return widgets.Dropdown(value=value, options=list(spec.options),
@@ -100,6 +118,7 @@ def _make_widget(name: str, spec: Control, value: Any, span: tuple[Any, Any] | N
 
 
 def _checked(name: str, value: Any) -> Any:
+    """A control's value, checked against its type and limits (errors name it)."""
     spec = CONTROLS[name]
     if spec.kind == "int":
         number = _check.integer(name, value)
@@ -140,15 +159,17 @@ def build_loader(values: dict[str, Any]) -> tuple[DataLoader[Any], list[str]]:
         if faults["crash_at"] or faults["hang_at"]:
             notes.append("A crash or hang in the main process would take your kernel with "
                          "it, so the dataset raises RuntimeError instead.")
+    elif workers > _cores():
+        notes.append(f"num_workers={workers} is more than this machine's {_cores()} CPU "
+                     "cores: the workers take turns on them (torch warns about this too).")
     timeout = 0.0
     if faults["hang_at"] and workers > 0:
         timeout = HANG_TIMEOUT_S
         notes.append(f"Hang injected: running with timeout={HANG_TIMEOUT_S:g} s, so the "
                      "DataLoader raises instead of waiting forever.")
     method = v["start_method"]
-    if workers > 0 and method != "default":
-        if method == "forkserver":
-            multiprocessing.set_forkserver_preload(["torch", "dlviz.datasets"])
+    if workers > 0 and method == "forkserver":  # what every worker needs, imported once
+        multiprocessing.set_forkserver_preload(["torch", "dlviz.datasets", "dlviz.recorder"])
     if workers > 0 and (method in ("spawn", "forkserver") or (
             method == "default" and multiprocessing.get_start_method() != "fork")):
         notes.append(f"{method}: every worker starts a fresh Python that imports torch, "
@@ -173,15 +194,46 @@ def build_loader(values: dict[str, Any]) -> tuple[DataLoader[Any], list[str]]:
     return loader, notes
 
 
-LOOP_SETTINGS = ("on_error", "max_batches", "step_ms")
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def render_png(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None
+               ) -> tuple[bytes, Figure]:
+    """``plot_run(run)`` as PNG bytes, and the figure: what the explorer shows.
+
+    Draws on an Agg canvas, never through pyplot, so nothing is left registered.
+    Pass the same ``canvas`` every time (the explorer keeps one) to draw with the
+    same renderer: matplotlib caches text measurements per renderer, so a redraw
+    skips measuring every label again (``benchmarks/explorer.py`` times both).
+    Call ``figure.clear()`` when done with it to give its memory back at once.
+    """
+    fig = plot_run(run)
+    if canvas is None:
+        FigureCanvasAgg(fig)
+    else:
+        canvas.figure = fig
+        fig.set_canvas(canvas)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": PNG_COMPRESSION})
+    return buffer.getvalue(), fig
 
 
 class Explorer(widgets.VBox):
-    """The widget :func:`explore` returns. ``.run`` is the Run on display."""
+    """The widget :func:`explore` returns. ``.run`` is the Run on display.
+
+    ``.passes`` counts the passes started so far (superseded ones included), so you
+    can see that fast slider changes do not pile up.
+    """
 
     def __init__(self, shown: Sequence[str], values: dict[str, Any],
                  ranges: dict[str, tuple[Any, Any]]) -> None:
         self.values = values
+        self._ranges = ranges
         self.controls = {name: _make_widget(name, CONTROLS[name], values[name],
                                             ranges.get(name)) for name in shown}
         self.message = widgets.HTML()
@@ -189,138 +241,217 @@ class Explorer(widgets.VBox):
         self.figure = widgets.Output()
         self.run: Run | None = None
         self.png = b""
-        self._lock = threading.Lock()
-        self._wanted = 0  # newest request
-        self._busy = False
-        self._cancel = threading.Event()
+        self.passes = 0
+        self.error = ""  # why the last pass has no Run (a bug, not a fault), else ""
+        self._state = threading.Condition()
+        self._generation = 0  # bumped by every request (slider change or rerun)
+        self._busy = False  # a pass is being recorded, or one is about to be
+        self._quiet = False  # the explorer is setting controls itself: not a request
+        self._closed = False
         self._persistent: tuple[tuple[Any, ...], Traced] | None = None
+        self._canvas = FigureCanvasAgg(Figure())  # one renderer for every redraw
         grid = widgets.GridBox(list(self.controls.values()), layout=widgets.Layout(
             grid_template_columns="repeat(3, minmax(240px, 1fr))"))
         super().__init__([grid, self.message, self.summary, self.figure])
         self.add_class("dlviz-explorer")
+        self._sync_controls()
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
-        self._enable()
-        self.refresh()
+        if self._request():
+            self._work()  # the first pass, here: the widget shows a run when returned
 
-    # --- changes from sliders ---
+    # --- requests: from sliders (observer, any thread) or from rerun() ---
     def _on_change(self, change: dict[str, Any]) -> None:
-        for name, control in self.controls.items():
-            self.values[name] = control.value
-        self._enable()
-        with self._lock:
-            self._wanted += 1
+        if self._quiet or self._closed:
+            return
+        with self._state:
+            for name, control in self.controls.items():
+                self.values[name] = control.value
+        self._sync_controls()
+        if self._request():
+            threading.Thread(target=self._work, daemon=True, name="dlviz-explore").start()
+
+    def _request(self) -> bool:
+        """Ask for a pass with the current values; True if the caller must run it.
+
+        A pass that is running sees the newer request at its next batch, stops, and
+        the same thread records again with the newest values (see :meth:`_work`).
+        """
+        with self._state:
+            self._generation += 1
             if self._busy:
-                self._cancel.set()  # the running pass ends at its next batch
-                return
+                return False
             self._busy = True
-        threading.Thread(target=self._work, daemon=True, name="dlviz-explore").start()
+            return True
 
     def _work(self) -> None:
-        while True:
-            with self._lock:
-                wanted = self._wanted
-                self._cancel.clear()
-            self.refresh(lambda wanted=wanted: wanted != self._wanted)
-            with self._lock:
-                if wanted == self._wanted:
-                    self._busy = False
-                    return
+        """Record until the newest request is done (one thread at a time: ``_busy``)."""
+        done = False
+        try:
+            while not done:
+                with self._state:
+                    generation = self._generation
+                    values = dict(self.values)
 
-    def _enable(self) -> None:
+                def superseded(wanted: int = generation) -> bool:
+                    return wanted != self._generation or self._closed
+
+                self._refresh(values, superseded)
+                with self._state:
+                    done = generation == self._generation or self._closed
+                    if done:
+                        self._busy = False
+                        self._state.notify_all()
+        finally:
+            if not done:  # an unexpected error: never leave the explorer stuck busy
+                with self._state:
+                    self._busy = False
+                    self._state.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until no pass is running or pending; False if ``timeout`` ran out."""
+        with self._state:
+            return self._state.wait_for(lambda: not self._busy, timeout)
+
+    @contextlib.contextmanager
+    def _setting_controls(self) -> Iterator[None]:
+        self._quiet = True
+        try:
+            yield
+        finally:
+            self._quiet = False
+
+    def _sync_controls(self) -> None:
         """Grey out what does not apply (prefetch etc. without workers; fault index)."""
         workers = self.values["num_workers"]
-        for name in ("prefetch_factor", "persistent_workers", "start_method", "in_order"):
-            if name in self.controls:
-                self.controls[name].disabled = workers == 0
-        if "fault_at" in self.controls:
-            self.controls["fault_at"].disabled = self.values["fault"] == "none"
-            self.controls["fault_at"].max = max(0, self.values["n"] - 1)
+        with self._setting_controls():
+            for name in ("prefetch_factor", "persistent_workers", "start_method", "in_order"):
+                if name in self.controls:
+                    self.controls[name].disabled = workers == 0
+            if "fault_at" in self.controls:
+                self.controls["fault_at"].disabled = self.values["fault"] == "none"
+            if "fault_at" in self.controls and "fault_at" not in self._ranges:
+                control = self.controls["fault_at"]
+                # every index of the dataset is in reach; a value past the end stays
+                # (and is explained: no fault) instead of being moved silently
+                control.max = max(self.values["n"] - 1, self.values["fault_at"])
 
     # --- the one path every re-run takes ---
     def rerun(self, **values: Any) -> Run:
-        """Set controls (by name) and record a new pass now; returns its Run."""
+        """Set controls (by name), record a new pass and wait for it; returns its Run.
+
+        Unknown names raise ``ValueError``, bad values ``TypeError``/``ValueError``
+        naming the control. A value outside a slider's range widens the range.
+        """
+        if self._closed:
+            raise RuntimeError("this explorer is closed")
         unknown = sorted(set(values) - set(CONTROLS))
         if unknown:
             raise ValueError(f"unknown controls {unknown}; known: {sorted(CONTROLS)}")
         checked = {name: _checked(name, value) for name, value in values.items()}
-        with self._lock:  # let a background pass finish first, superseded
-            self._wanted += 1
-            self._cancel.set()
-        while self._busy:
-            threading.Event().wait(0.01)
-        self.values.update(checked)
-        for name, value in checked.items():
-            if name in self.controls:
-                control = self.controls[name]
-                control.unobserve(self._on_change, names="value")
-                if isinstance(control, widgets.IntSlider) and name == "fault_at":
-                    control.max = max(value, control.max)
+        with self._state:
+            self.values.update(checked)
+        with self._setting_controls():
+            for name, value in checked.items():
+                control = self.controls.get(name)
+                if control is None:
+                    continue
+                if isinstance(control, (widgets.IntSlider, widgets.FloatSlider)):
+                    control.min = min(control.min, value)
+                    control.max = max(control.max, value)
                 control.value = value
-                control.observe(self._on_change, names="value")
-        self._enable()
-        self._cancel.clear()
-        self.refresh()
-        assert self.run is not None
+        self._sync_controls()
+        if self._request():
+            self._work()
+        else:  # a background pass is running: it picks up these values next
+            self.wait()
+        if self.run is None:
+            raise RuntimeError(f"the explorer could not record a pass: {self.error}")
         return self.run
 
-    def refresh(self, superseded: Any = None) -> None:
-        """Record a pass with the current values and draw it (errors shown, never raised)."""
+    def refresh(self) -> None:
+        """Record and draw again with the current values (waits for it)."""
+        if self._request():
+            self._work()
+        else:
+            self.wait()
+
+    def _refresh(self, values: dict[str, Any], superseded: Callable[[], bool]) -> None:
+        """Record a pass with ``values`` and draw it (errors shown, never raised)."""
+        self.passes += 1
         self.message.value = "<i>running a real DataLoader…</i>"
         notes: list[str] = []
         error = ""
         run = None
         try:
-            loader, notes = build_loader(self.values)
-            run = self._record(loader, superseded)
+            loader, notes = build_loader(values)
+            run = self._record(loader, values, superseded)
         except Exception as exc:  # shown in the widget, never raised into the kernel
             run = getattr(exc, "dlviz_run", None)
             error = f"{type(exc).__name__}: {exc}"
-        if superseded is not None and superseded():
+        if superseded():
             return
+        png, fig = b"", None
         if run is not None:
-            self.run = run
-            self._draw(run)
-        self.message.value = _message_html(notes, error, run)
+            try:
+                png, fig = render_png(run, canvas=self._canvas)
+            except Exception as exc:  # a drawing bug must not take the explorer down
+                error = f"could not draw the run: {type(exc).__name__}: {exc}"
+        self.run = run
+        self.png = png
+        self.error = error if run is None else ""
+        self.figure.outputs = () if not png else (
+            {"output_type": "display_data", "metadata": {},
+             "data": {"image/png": base64.b64encode(png).decode(), "text/plain": repr(run)}},)
+        self.summary.value = _summary_html(run) if run is not None else ""
+        self.message.value = _message_html(notes, error, run, values["on_error"])
+        if fig is not None:  # after the picture is up: its memory back now, not at a gc
+            fig.clear()
 
-    def _record(self, loader: DataLoader[Any], superseded: Any) -> Run:
-        v = self.values
-        max_batches = v["max_batches"] or None
+    def _record(self, loader: DataLoader[Any], values: dict[str, Any],
+                superseded: Callable[[], bool]) -> Run:
+        max_batches = values["max_batches"] or None
+        step_s = values["step_ms"] / 1000
         if not loader.persistent_workers:
             self._close_persistent()
-            return play(Traced(loader), v["on_error"], max_batches, v["step_ms"] / 1000,
-                        superseded)
+            return play(Traced(loader), values["on_error"], max_batches, step_s, superseded)
         # persistent workers: keep the traced loader while only loop settings change
-        key = tuple(sorted((k, val) for k, val in v.items() if k not in LOOP_SETTINGS))
-        if self._persistent is None or self._persistent[0] != key:
+        key = tuple(sorted((k, v) for k, v in values.items() if k not in LOOP_SETTINGS))
+        if (self._persistent is None or self._persistent[0] != key
+                or len(self._persistent[1].epochs) >= PERSISTENT_PASSES):
             self._close_persistent()
             self._persistent = (key, Traced(loader))
         traced = self._persistent[1]
         try:
-            return play(traced, v["on_error"], max_batches, v["step_ms"] / 1000, superseded,
-                        keep_workers=True)
-        except Exception:
+            run = play(traced, values["on_error"], max_batches, step_s, superseded,
+                       keep_workers=True)
+        except BaseException:
             self._close_persistent()
             raise
+        if run.stop not in ("exhausted", "max_batches", "break"):  # workers were stopped
+            self._close_persistent()
+        return run
 
     def _close_persistent(self) -> None:
         if self._persistent is not None:
-            self._persistent[1].close()
+            traced = self._persistent[1]
             self._persistent = None
+            traced.close()
 
     def close(self) -> None:
+        """Stop the running pass and any persistent workers, and close the widgets."""
+        if not hasattr(self, "_state"):  # __init__ did not get this far
+            return
+        with self._state:
+            self._closed = True
+            self._generation += 1
+        self.wait()
         self._close_persistent()
+        for control in self.controls.values():
+            control.close()
+        for part in (self.message, self.summary, self.figure):
+            part.close()
         super().close()
-
-    def _draw(self, run: Run) -> None:
-        fig = plot_run(run)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
-        self.png = buffer.getvalue()
-        self.figure.outputs = ({"output_type": "display_data", "metadata": {},
-                                "data": {"image/png": base64.b64encode(self.png).decode(),
-                                         "text/plain": repr(run)}},)
-        self.summary.value = _summary_html(run)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """The live widget, plus the last figure as PNG for static viewers and papermill."""
@@ -343,17 +474,73 @@ def _summary_html(run: Run) -> str:
         + "</div>"
 
 
-def _message_html(notes: list[str], error: str, run: Run | None) -> str:
+def _headline(message: str, kind: str) -> str:
+    """The line of an error message that says what happened.
+
+    torch wraps a worker's exception as "Caught ValueError in DataLoader worker
+    process 0. Original Traceback ...": the last line is the exception itself.
+    """
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return kind
+    if len(lines) > 1 and "Original Traceback" in message:
+        return f"{lines[-1]} ({lines[0].rstrip('.')})"
+    return lines[0]
+
+
+def _message_html(notes: list[str], error: str, run: Run | None, on_error: str) -> str:
     parts = [f"<li>{html.escape(n)}</li>" for n in notes]
     if run is not None:
         for e in run.errors:
-            first = e.message.strip().splitlines()[0] if e.message.strip() else e.kind
             where = f"worker {e.worker}" if e.worker is not None and e.worker >= 0 else "main"
+            at = f", index {e.index}" if e.index is not None else ""
             parts.append(f'<li style="color:{FATE_COLORS["failed"]}"><b>{e.kind}</b> '
-                         f"({where}): {html.escape(first)}</li>")
+                         f"({where}{at}): {html.escape(_headline(e.message, e.kind))}</li>")
+        if run.errors and on_error == "raise":
+            parts.append("<li>on_error='raise': your loop would stop here with this error; "
+                         "the explorer shows it instead of raising it.</li>")
+        parts += [f"<li>{html.escape(n)}</li>" for n in run.notes]
     if error and (run is None or not run.errors):
         parts.append(f'<li style="color:{FATE_COLORS["failed"]}">{html.escape(error)}</li>')
     return '<ul class="dlviz-message">' + "".join(parts) + "</ul>" if parts else ""
+
+
+def _controls_arg(controls: Any) -> list[str]:
+    if controls is None:
+        return list(DEFAULT_SHOWN)
+    if isinstance(controls, (str, bytes)) or not isinstance(controls, (list, tuple)):
+        raise TypeError(f"controls must be a list of control names, "
+                        f"not {type(controls).__name__}")
+    bad = [c for c in controls if not isinstance(c, str)]
+    if bad:
+        raise TypeError(f"controls must be control names (str), got {bad[0]!r}")
+    unknown = sorted(set(controls) - set(CONTROLS))
+    if unknown:
+        raise ValueError(f"controls: unknown {unknown}; known: {sorted(CONTROLS)}")
+    return list(dict.fromkeys(controls))  # in order, each once
+
+
+def _ranges_arg(ranges: Any) -> dict[str, tuple[Any, Any]]:
+    if ranges is None:
+        return {}
+    if not isinstance(ranges, dict):
+        raise TypeError(f"ranges must be a dict {{name: (low, high)}}, "
+                        f"not {type(ranges).__name__}")
+    out = {}
+    for name, span in ranges.items():
+        if name not in CONTROLS or CONTROLS[name].kind not in ("int", "float"):
+            raise ValueError(f"ranges: {name!r} is not a slider")
+        if not (isinstance(span, (tuple, list)) and len(span) == 2):
+            raise TypeError(f"ranges[{name!r}] must be a (low, high) tuple")
+        try:
+            low, high = _checked(name, span[0]), _checked(name, span[1])
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"ranges[{name!r}]: {exc}") from None
+        if low > high:
+            raise ValueError(f"ranges[{name!r}] must be (low, high) with low <= high, "
+                             f"got {tuple(span)}")
+        out[name] = (low, high)
+    return out
 
 
 def explore(*, controls: Sequence[str] | None = None,
@@ -370,25 +557,23 @@ def explore(*, controls: Sequence[str] | None = None,
         ranges: ``{name: (low, high)}`` for sliders, e.g. ``{"num_workers": (0, 4)}``.
         **initial: starting values for any control, shown or not.
 
-    Returns the widget; ``widget.rerun(**values)`` records a new pass headlessly.
+    Records the first pass before it returns. Returns the widget;
+    ``widget.rerun(**values)`` records a new pass headlessly.
     """
-    shown = list(DEFAULT_SHOWN if controls is None else controls)
-    if isinstance(controls, str):
-        raise TypeError("controls must be a list of control names, not a str")
-    unknown = sorted((set(shown) | set(initial)) - set(CONTROLS))
+    shown = _controls_arg(controls)
+    unknown = sorted(set(initial) - set(CONTROLS))
     if unknown:
         raise ValueError(f"unknown controls {unknown}; known: {sorted(CONTROLS)}")
-    ranges = dict(ranges or {})
-    for name, span in ranges.items():
-        if name not in CONTROLS or CONTROLS[name].kind not in ("int", "float"):
-            raise ValueError(f"ranges: {name!r} is not a slider")
-        if not (isinstance(span, tuple) and len(span) == 2 and span[0] <= span[1]):
-            raise ValueError(f"ranges[{name!r}] must be a (low, high) tuple")
+    spans = _ranges_arg(ranges)
     values = {name: spec.default for name, spec in CONTROLS.items()}
     values.update({name: _checked(name, value) for name, value in initial.items()})
     if "fault_at" not in initial:
         values["fault_at"] = values["n"] // 2
-    for name, (low, high) in ranges.items():
-        if not low <= values[name] <= high:
-            values[name] = min(max(values[name], low), high)
-    return Explorer(shown, values, ranges)
+    for name, (low, high) in spans.items():
+        if low <= values[name] <= high:
+            continue
+        if name in initial:
+            raise ValueError(f"{name}={values[name]} is outside ranges[{name!r}] "
+                             f"= ({low}, {high})")
+        values[name] = min(max(values[name], low), high)  # a default: moved into range
+    return Explorer(shown, values, spans)

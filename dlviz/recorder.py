@@ -34,12 +34,17 @@ them whenever your own dataset and functions pickle):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import re
+import sys
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -58,6 +63,13 @@ from dlviz.eventlog import EventLog, clock
 from dlviz.run import MAIN, ErrorRecord, Run
 
 __all__ = ["trace", "record", "play", "Traced"]
+
+MAX_STEP_MS = 60_000.0
+"""The longest simulated training step :func:`record` takes (a minute)."""
+MAX_KEYS = 10_000_000
+"""The most keys ``expected`` may list (the ledger holds one fate per key)."""
+LOG_RECORDS = 2**22
+"""Records in the shared event log, all regions together (4 int64 each: 128 MiB)."""
 
 _DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? ([\d, ]+)\) (?:exited unexpectedly|is killed)")
 _TIMED_OUT = "DataLoader timed out after"
@@ -308,12 +320,31 @@ class _TracedLoader(DataLoader[Any]):
 
 
 class _TracedWorkersIter(_MultiProcessingDataLoaderIter):
-    """torch's multi-worker iterator, reporting what it does to the current epoch."""
+    """torch's multi-worker iterator, reporting what it does to the current epoch.
+
+    Worker deaths are noticed here, inside ``next()``, and nowhere else. torch also
+    registers its workers with a SIGCHLD handler that raises a dead worker's error
+    wherever the main thread happens to be: in the middle of unpickling another
+    worker's batch (that batch is then lost while torch goes on waiting for it:
+    the loop hangs), inside dlviz's bookkeeping, or, when the explorer records in
+    a background thread, in whatever your kernel is running. dlviz takes its
+    workers off that handler and checks their health every 50 ms while it waits;
+    after a death, it also frees the result queue if the dead worker held it.
+    """
 
     def __init__(self, loader: _TracedLoader) -> None:
         self._dlviz_box = loader.dlviz_box
         self._dlviz_last_idx: Any = None
-        super().__init__(loader)
+        self._dlviz_deaths = 0  # worker deaths noticed so far
+        try:
+            super().__init__(loader)
+        except BaseException:  # interrupted (or failed) while starting the workers
+            with contextlib.suppress(Exception):  # torch's finally terminates them
+                self._shutdown_workers()
+            raise
+        if self._worker_pids_set:
+            signal_handling._remove_worker_pids(id(self))  # type: ignore[attr-defined]
+            self._worker_pids_set = False
 
     def _try_put_index(self) -> None:
         before = self._send_idx
@@ -322,12 +353,65 @@ class _TracedWorkersIter(_MultiProcessingDataLoaderIter):
             self._dlviz_box.epoch.dispatched(before, self._task_info[before][0])
 
     def _try_get_data(self, timeout: float = torch_data_utils.MP_STATUS_CHECK_INTERVAL) -> Any:
-        # torch checks its workers' health only when a wait of 5 s runs out (or on
-        # SIGCHLD, main thread only); waiting in short slices notices a dead worker
-        # at once, from any thread. A user's timeout is left exactly as it was.
-        if self._timeout > 0:
-            return super()._try_get_data(timeout)
-        return super()._try_get_data(min(timeout, 0.05))
+        # torch checks its workers' health only when a wait runs out (5 s, or the
+        # user's timeout); waiting in slices of 50 ms notices a dead worker at once,
+        # from any thread. The total wait (a user's timeout) is unchanged.
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                ok, data = super()._try_get_data(min(0.05, max(0.0, end - time.monotonic())))
+            except RuntimeError as exc:  # torch's own report (a dead worker, too many files)
+                self._dlviz_deaths += bool(_DIED.search(str(exc)))
+                raise
+            except Exception as exc:
+                # a worker that dies just after sending a batch takes with it what
+                # the batch's tensors need to be received (EOFError, connection
+                # reset or refused): the worker is dying, report it as torch does
+                dead = self._dlviz_dying_workers(within_s=1.0)
+                if not dead:
+                    raise
+                self._dlviz_deaths += 1
+                pids = ", ".join(str(self._workers[w].pid) for w in dead)
+                raise RuntimeError(f"DataLoader worker (pid(s) {pids}) exited unexpectedly"
+                                   ) from exc
+            if ok or time.monotonic() >= end:
+                return ok, data
+            if self._dlviz_deaths:
+                self._dlviz_free_result_queue()
+
+    def _dlviz_free_result_queue(self) -> None:
+        """Release the result queue's write lock if a dead worker holds it.
+
+        Every worker sends its batches through one pipe, taking turns with a lock.
+        A worker killed while sending (a crash right after finishing a batch) never
+        lets go of it: the others can never send again, and the loop waits forever
+        (plain torch too). A live worker holds the lock for microseconds, or for as
+        long as the pipe is full; so a lock that stays taken for 0.5 s while the pipe
+        is empty belongs to the dead. Its message went in whole or not at all (pipe
+        writes of up to 4 KiB are atomic; dlviz's batches travel in shared memory).
+        """
+        queue = self._worker_result_queue
+        lock, reader = getattr(queue, "_wlock", None), getattr(queue, "_reader", None)
+        if lock is None or reader is None:  # Windows: no lock
+            return
+        if lock.acquire(timeout=0.5):  # free, or a live worker let go of it
+            lock.release()
+        elif not reader.poll():
+            lock.release()
+
+    def _dlviz_dying_workers(self, within_s: float) -> list[int]:
+        """Active workers that are dead, or die within ``within_s``; marked unavailable
+        (as torch marks a dead worker it finds), so that a loop that goes on skips them."""
+        active = [self._workers[w] for w, up in enumerate(self._workers_status) if up]
+        ready = multiprocessing.connection.wait([p.sentinel for p in active], timeout=within_s)
+        for process in active:
+            if process.sentinel in ready:  # its files are closed: it is exiting
+                process.join(timeout=within_s)
+        dead = [w for w, up in enumerate(self._workers_status)
+                if up and not self._workers[w].is_alive()]
+        for w in dead:
+            self._mark_worker_as_unavailable(w)
+        return dead
 
     def _get_data(self) -> Any:
         idx, data = super()._get_data()
@@ -433,13 +517,15 @@ class _Epoch:
                     if info[0] == w and len(info) == 1:
                         self.resolve(self.task_seq.get(task, -1), "failed", w)
             worker = workers[0] if workers else None
-            self.errors.append(ErrorRecord("worker_died", worker, None, None, t, message))
+            batch, index = self._unfinished_fetch(worker)  # what it was doing when it died
+            self.errors.append(ErrorRecord("worker_died", worker, index, batch, t, message))
             return "worker_died"
         if isinstance(exc, RuntimeError) and message.startswith(_TIMED_OUT):
             seq, worker = self._waited_for()
             self.resolve(seq, "failed", MAIN if worker is None else worker)
-            self.errors.append(ErrorRecord("timeout", worker, None, seq if seq >= 0 else None,
-                                           t, message))
+            batch, index = self._unfinished_fetch(worker)  # the fetch that hangs, if any
+            self.errors.append(ErrorRecord("timeout", worker, index if batch == seq else None,
+                                           seq if seq >= 0 else None, t, message))
             return "timeout"
         if self.current is not None:  # torch was handing out this batch: it is lost
             seq, worker, _ = self.current
@@ -473,6 +559,14 @@ class _Epoch:
         info = task_info.get(task)
         return self.task_seq.get(task, -1), (info[0] if info else None)
 
+    def _unfinished_fetch(self, worker: int | None) -> tuple[int | None, int | None]:
+        """``(batch, index)`` of the fetch ``worker`` started last and never finished."""
+        for region, _pid, _over, records in self.traced.log.regions():
+            if region == worker and records[-1, 0] == eventlog.FETCH:
+                index = int(records[-1, 2])
+                return int(records[-1, 1]), (index if index >= 0 else None)
+        return None, None
+
     def _raised_index(self, seq: int) -> int | None:
         for _worker, _pid, _over, records in self.traced.log.regions():
             hit = records[(records[:, 0] == eventlog.RAISED) & (records[:, 1] == seq)]
@@ -487,6 +581,8 @@ class _Epoch:
             self.duration = self.now()
         if shutdown:
             hung = [e.worker for e in self.errors if e.kind == "timeout" and e.worker is not None]
+            if self.stop == "interrupt":  # stop now, without waiting for any worker: one
+                hung = list(range(self.traced.num_workers))  # may hang with no timeout
             _shutdown(self.iterator, hung=hung)
 
     def result(self) -> Run:
@@ -546,11 +642,11 @@ class TracedIterator:
             batch = next(self.torch_iter)
         except StopIteration:
             epoch.marks.append(("wait", MAIN, -1, -1, start, clock(), "ok"))
-            self.finish("exhausted")
+            self._end("exhausted")
             raise
         except KeyboardInterrupt:
             epoch.marks.append(("wait", MAIN, -1, -1, start, clock(), "raised"))
-            self.finish("interrupt")
+            self._end("interrupt")
             raise
         except Exception as exc:
             self.returned_at = clock()
@@ -567,9 +663,13 @@ class TracedIterator:
 
     def finish(self, stop: str = "break") -> Run:
         """End this pass now (workers stopped unless persistent) and return its Run."""
+        self._end(stop)
+        return self.epoch.result()
+
+    def _end(self, stop: str) -> None:
+        """End the pass without building its Run (that waits until someone asks)."""
         keep = self.traced.persistent and stop in ("exhausted", "break", "max_batches")
         self.epoch.finish(stop, shutdown=not keep)
-        return self.epoch.result()
 
     def __del__(self) -> None:
         try:
@@ -641,7 +741,15 @@ class Traced:
         epoch = _Epoch(self)
         self.box.epoch = epoch
         self.epochs.append(epoch)
-        self._iterator = TracedIterator(self, epoch)
+        try:
+            self._iterator = TracedIterator(self, epoch)
+        except BaseException as exc:  # the loader failed to start, or was interrupted starting
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            if isinstance(exc, Exception):
+                epoch.error(exc)
+            epoch.finish("interrupt" if interrupted else "error", shutdown=False)
+            exc.dlviz_run = epoch.result()  # type: ignore[attr-defined]
+            raise
         return self._iterator
 
     def __len__(self) -> int:
@@ -661,15 +769,20 @@ class Traced:
 
     def close(self) -> None:
         """Stop any workers still alive (persistent workers live until this)."""
+        self._close("break")
+
+    def _close(self, stop: str) -> None:
         if self._iterator is not None:
-            self._iterator.finish("break")
+            self._iterator.finish(stop)
             _shutdown(self._iterator.torch_iter)
 
     def __enter__(self) -> Traced:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        # a Ctrl-C in your loop's body never reaches dlviz; it ends the pass here
+        self._close("interrupt" if kind is not None and issubclass(kind, KeyboardInterrupt)
+                    else "break")
 
     def __del__(self) -> None:
         try:
@@ -706,15 +819,16 @@ def record(loader: DataLoader[Any], *, on_error: str = "raise", max_batches: int
             pass: the hung batch would time out again on every ``next()``.
         max_batches: stop after this many delivered batches (a ``break``).
         step_ms: simulated training step per batch (time.sleep), to see the
-            workers prefetch while your loop is busy.
+            workers prefetch while your loop is busy; at most :data:`MAX_STEP_MS`.
         key, expected: see :func:`trace`.
 
     All worker processes of the pass are stopped before this returns, whatever
-    happened. Lessons 1-8.
+    happened; a KeyboardInterrupt stops them at once (a worker may hang) and
+    carries the Run as ``exc.dlviz_run`` too. Lessons 1-8.
     """
     on_error = _check.choice("on_error", on_error, ("raise", "stop", "continue"))
     max_batches = _check.optional_count("max_batches", max_batches)
-    step_s = _check.non_negative("step_ms", step_ms) / 1000
+    step_s = _check.non_negative("step_ms", step_ms, maximum=MAX_STEP_MS) / 1000
     return play(Traced(loader, key=key, expected=expected), on_error, max_batches, step_s)
 
 
@@ -774,12 +888,13 @@ def _stream_keys(dataset: Any, key: Callable[[Any], int] | None,
         if isinstance(expected, (str, bytes)) or not hasattr(expected, "__iter__"):
             raise TypeError(f"expected must be a collection of int keys, "
                             f"not {type(expected).__name__}")
-        expected = [_check.integer("expected item", k) for k in expected]
     if not iterable:
         if key is not None or expected is not None:
             raise ValueError("key and expected are for IterableDatasets; a map-style "
                              "dataset is ledgered by index")
         return _no_key, None
+    if expected is not None:
+        expected = _expected_keys(expected)
     if key is None:
         key = getattr(dataset, "sample_key", None)
         if key is None:
@@ -788,6 +903,27 @@ def _stream_keys(dataset: Any, key: Callable[[Any], int] | None,
     if expected is None and hasattr(dataset, "expected_keys"):
         expected = list(dataset.expected_keys())
     return _IntKey(key), expected
+
+
+def _expected_keys(expected: Any) -> list[int]:
+    """``expected`` as a list of ints, checked one by one (``range(10**12)`` fails fast)."""
+    try:
+        items = iter(expected)
+    except TypeError:  # a 0-d tensor, say
+        raise TypeError(f"expected must be a collection of int keys, "
+                        f"not {type(expected).__name__}") from None
+    try:
+        size = len(expected)
+    except TypeError:  # no len(): counted below
+        size = 0
+    except OverflowError:
+        size = MAX_KEYS + 1
+    keys: list[int] = []
+    for k in items:
+        if size > MAX_KEYS or len(keys) == MAX_KEYS:
+            raise ValueError(f"expected has more than {MAX_KEYS:_} keys")
+        keys.append(_check.integer("expected item", k))
+    return keys
 
 
 def _no_key(sample: Any) -> int:
@@ -810,7 +946,9 @@ class _IntKey:
 
 
 def _capacity(loader: DataLoader[Any]) -> int:
-    """Records per region: one pass (four with persistent workers) over the samples.
+    """Records per region: one pass (four with persistent workers) over the samples,
+    but no more than a share of :data:`LOG_RECORDS` (a dataset of a billion samples
+    must not allocate tens of GB of shared memory before its first batch).
 
     A region that fills up stops recording and the Run says so in its notes.
     """
@@ -818,11 +956,12 @@ def _capacity(loader: DataLoader[Any]) -> int:
         sized: Any = (loader.sampler if loader.batch_sampler is None
                       or type(loader.batch_sampler) is BatchSampler else loader.dataset)
         samples = len(sized)
-    except TypeError:
+    except (TypeError, OverflowError):  # no len(), or one too large for len()
         samples = 65536
     batches = samples // max(1, loader.batch_size or 1) + 1
     per_pass = samples + 3 * batches + 64  # a fetch per sample; collate, end per batch
-    return per_pass * (4 if loader.persistent_workers else 1)
+    most = max(4096, LOG_RECORDS // (loader.num_workers + 1))
+    return min(most, per_pass * (4 if loader.persistent_workers else 1))
 
 
 def _start_method(loader: DataLoader[Any]) -> str:
@@ -834,6 +973,22 @@ def _start_method(loader: DataLoader[Any]) -> str:
     return str(ctx.get_start_method())
 
 
+class _WorkerPickler(pickle.Pickler):
+    """Pickles as a spawned worker will unpickle: refuses what lives only in ``__main__``.
+
+    In a notebook, ``__main__`` is the kernel: a class defined in a cell pickles fine
+    here, by name, but a fresh worker process cannot import that name back.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (isinstance(obj, (type, types.FunctionType))
+                and getattr(obj, "__module__", None) == "__main__"
+                and not hasattr(sys.modules["__main__"], "__file__")):
+            raise pickle.PicklingError(
+                f"{obj.__qualname__} is defined in the notebook, not in a module")
+        return NotImplemented
+
+
 def _check_picklable(loader: DataLoader[Any], key: Any, method: str) -> None:
     """Under spawn/forkserver, say early (and clearly) what cannot reach a worker."""
     parts = {"dataset": loader.dataset, "collate_fn": loader.collate_fn,
@@ -842,7 +997,7 @@ def _check_picklable(loader: DataLoader[Any], key: Any, method: str) -> None:
         if part is None:
             continue
         try:
-            pickle.dumps(part)
+            _WorkerPickler(io.BytesIO()).dump(part)
         except Exception as exc:
             raise ValueError(
                 f"{name} cannot be sent to {method} workers: {exc}. Under spawn and "

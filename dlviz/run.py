@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ EVENT_KINDS = (
 )
 STATUSES = ("ok", "raised", "none", "unfinished", "")
 ERROR_KINDS = ("exception", "worker_died", "timeout")
-STOPS = ("exhausted", "max_batches", "error", "interrupt", "abandoned")
+STOPS = ("exhausted", "max_batches", "error", "interrupt", "break")
 
 
 class Event(NamedTuple):
@@ -195,7 +196,7 @@ class Run:
     # ----- files -----
     def to_json(self, path: str | Path) -> None:
         """Save the run as JSON (a versioned schema; never pickle)."""
-        Path(path).write_text(json.dumps(self.to_dict(), separators=(",", ":")))
+        Path(_path(path)).write_text(json.dumps(self.to_dict(), separators=(",", ":")))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -219,7 +220,7 @@ class Run:
     def from_json(cls, path: str | Path) -> Run:
         """Load a run saved by :meth:`to_json`. Anything else raises ``ValueError``."""
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(_path(path)).read_text(encoding="utf-8")
             data = json.loads(text, parse_constant=_reject_constant)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ValueError(f"{path} is not a dlviz run file: {exc}") from None
@@ -255,9 +256,18 @@ def merge_runs(runs: Iterable[Run]) -> Run:
     event, error and occurrence keeps its rank, and the ledger spans all ranks:
     an index delivered by two ranks counts as ``duplicated``.
     """
-    runs = list(runs)
-    if not runs or not all(isinstance(r, Run) for r in runs):
+    if not isinstance(runs, Iterable) or isinstance(runs, (str, bytes, Run)):
+        raise TypeError(f"runs must be a non-empty sequence of dlviz.Run, "
+                        f"not {type(runs).__name__}")
+    items = []
+    for r in runs:  # one by one: range(10**12) is refused at its first item
+        if not isinstance(r, Run):
+            raise TypeError(f"runs must be a non-empty sequence of dlviz.Run, "
+                            f"not of {type(r).__name__}")
+        items.append(r)
+    if not items:
         raise TypeError("runs must be a non-empty sequence of dlviz.Run")
+    runs = items
     origin = min(r.origin for r in runs)
     events: list[Event] = []
     errors: list[ErrorRecord] = []
@@ -289,6 +299,12 @@ def merge_runs(runs: Iterable[Run]) -> Run:
 
 
 # ----- strict parsing of files -----
+def _path(path: object) -> str | os.PathLike[str]:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or a pathlib.Path, not {type(path).__name__}")
+    return path
+
+
 def _reject_constant(name: str) -> None:
     raise ValueError(f"not a dlviz run file: {name} is not allowed")
 
@@ -360,6 +376,8 @@ def _parse(data: Any) -> Run:
     notes = _list(data["notes"], "notes")
     _need(all(isinstance(n, str) for n in notes), "notes must be strings")
     _need(all(math.isfinite(v) for v in _numbers(data["config"])), "bad number in config")
+    for name, ok in _CONFIG_CHECKS.items():
+        _need(name not in data["config"] or ok(data["config"][name]), f"bad config {name!r}")
     return Run(config=data["config"], dataset_size=data["dataset_size"], keys=keys,
                events=events, errors=errors, occurrences=occurrences,
                workers=parsed_workers, duration=data["duration"], stop=data["stop"],
@@ -372,4 +390,28 @@ def _list(value: Any, name: str) -> list[Any]:
 
 
 def _numbers(config: dict[str, Any]) -> Iterable[float]:
-    return (float(v) for v in config.values() if isinstance(v, (int, float)))
+    for v in config.values():
+        if isinstance(v, (int, float)):
+            yield float(v) if -1e300 < v < 1e300 else math.inf  # a huge int: no float
+
+
+def _count_up_to(most: int) -> Any:
+    return lambda v: _is_int(v) and 0 <= v <= most
+
+
+def _opt_count(v: Any) -> bool:
+    return v is None or (_is_int(v) and v >= 0)
+
+
+# config entries that dlviz reads back (prefetch_limit, the plots): their types
+_CONFIG_CHECKS = {
+    "num_workers": _count_up_to(4096), "world_size": _count_up_to(4096),
+    "rank": _count_up_to(4096), "batch_size": _opt_count, "prefetch_factor": _opt_count,
+    "max_batches": _opt_count,
+    "timeout": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "step_ms": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "drop_last": lambda v: isinstance(v, bool), "in_order": lambda v: isinstance(v, bool),
+    "persistent_workers": lambda v: isinstance(v, bool),
+    "pin_memory": lambda v: isinstance(v, bool),
+    "dataset_kind": lambda v: v in ("map", "iterable"),
+}
