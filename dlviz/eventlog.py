@@ -116,6 +116,11 @@ class EventLog:
         assert self.view is not None
         self.view[self.pos - FIELDS + 2] = value
 
+    def reset(self) -> None:
+        """Empty every region (between passes whose workers are gone)."""
+        self.buffer.zero_()
+        self.view, self.pos = None, 0
+
     @property
     def attached(self) -> bool:
         return self.view is not None

@@ -738,6 +738,11 @@ class Traced:
         """Start a pass (an epoch). A pass still open is ended first."""
         if self._iterator is not None and self._iterator.epoch.stop is None:
             self._iterator.finish("break")
+        if self.epochs and not self.persistent:
+            # new workers for this pass: build the last pass's Run from the log, then
+            # give the log back empty (each pass fills it once)
+            self.epochs[-1].result()
+            self.log.reset()
         epoch = _Epoch(self)
         self.box.epoch = epoch
         self.epochs.append(epoch)

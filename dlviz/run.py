@@ -256,11 +256,15 @@ def merge_runs(runs: Iterable[Run]) -> Run:
     event, error and occurrence keeps its rank, and the ledger spans all ranks:
     an index delivered by two ranks counts as ``duplicated``.
     """
-    if not isinstance(runs, Iterable) or isinstance(runs, (str, bytes, Run)):
+    try:
+        if isinstance(runs, (str, bytes, Run)):
+            raise TypeError
+        iterator = iter(runs)
+    except TypeError:  # not iterable, or a 0-d tensor
         raise TypeError(f"runs must be a non-empty sequence of dlviz.Run, "
-                        f"not {type(runs).__name__}")
+                        f"not {type(runs).__name__}") from None
     items = []
-    for r in runs:  # one by one: range(10**12) is refused at its first item
+    for r in iterator:  # one by one: range(10**12) is refused at its first item
         if not isinstance(r, Run):
             raise TypeError(f"runs must be a non-empty sequence of dlviz.Run, "
                             f"not of {type(r).__name__}")

@@ -270,6 +270,8 @@ def test_run_fate_bad_index(run: Run, value: Any) -> None:
 
 
 @FUZZ
+@example(value=torch.tensor(3))  # was "iteration over a 0-d tensor"
+@example(value=range(10**12))  # was MemoryError
 @given(value=st.one_of(JUNK, st.lists(JUNK, max_size=3)))
 def test_merge_runs_bad_runs(run: Run, value: Any) -> None:
     answers_clearly("runs", lambda: dlviz.merge_runs(value))
