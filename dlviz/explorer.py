@@ -47,6 +47,7 @@ from dlviz.run import Run
 __all__ = ["explore", "Explorer"]
 
 HANG_TIMEOUT_S = 1.0
+SLOW_START_S = 15.0  # added to the hang timeout when workers start a fresh Python
 DPI = 80
 """Resolution of the explorer's image (plot_run's figure is 12 inches wide: 960 px)."""
 PNG_COMPRESSION = 1
@@ -162,16 +163,19 @@ def build_loader(values: dict[str, Any]) -> tuple[DataLoader[Any], list[str]]:
     elif workers > _cores():
         notes.append(f"num_workers={workers} is more than this machine's {_cores()} CPU "
                      "cores: the workers take turns on them (torch warns about this too).")
+    method = v["start_method"]
+    fresh_python = workers > 0 and (method in ("spawn", "forkserver") or (
+        method == "default" and multiprocessing.get_start_method() != "fork"))
     timeout = 0.0
     if faults["hang_at"] and workers > 0:
-        timeout = HANG_TIMEOUT_S
-        notes.append(f"Hang injected: running with timeout={HANG_TIMEOUT_S:g} s, so the "
+        # torch's timeout also covers the first batch, which under spawn/forkserver
+        # waits for the workers to import torch: give that time, or batch 0 "hangs"
+        timeout = HANG_TIMEOUT_S + (SLOW_START_S if fresh_python else 0.0)
+        notes.append(f"Hang injected: running with timeout={timeout:g} s, so the "
                      "DataLoader raises instead of waiting forever.")
-    method = v["start_method"]
     if workers > 0 and method == "forkserver":  # what every worker needs, imported once
         multiprocessing.set_forkserver_preload(["torch", "dlviz.datasets", "dlviz.recorder"])
-    if workers > 0 and (method in ("spawn", "forkserver") or (
-            method == "default" and multiprocessing.get_start_method() != "fork")):
+    if fresh_python:
         notes.append(f"{method}: every worker starts a fresh Python that imports torch, "
                      "about a second per re-run. forkserver preloads torch once (the first "
                      "run pays for it); persistent_workers reuses the workers while only "

@@ -122,6 +122,10 @@ def test_build_loader_notes(monkeypatch: pytest.MonkeyPatch) -> None:
                                                         fault_at=5))
     assert loader.timeout == explorer_module.HANG_TIMEOUT_S
     assert loader.dataset.hang_at == {5}  # type: ignore[attr-defined]
+    spawned, _ = explorer_module.build_loader(values(num_workers=2, fault="hang", fault_at=5,
+                                                     start_method="spawn"))
+    # under spawn the first batch waits for torch to import: the timeout allows for it
+    assert spawned.timeout == explorer_module.HANG_TIMEOUT_S + explorer_module.SLOW_START_S
     loader, notes = explorer_module.build_loader(values(num_workers=0, fault="hang",
                                                         fault_at=5))
     assert loader.timeout == 0 and loader.prefetch_factor is None
