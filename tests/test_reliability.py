@@ -27,7 +27,6 @@ part, the soak and the repeated crash races are marked slow.
 from __future__ import annotations
 
 import collections
-import contextlib
 import gc
 import multiprocessing
 import os
@@ -42,6 +41,7 @@ from typing import Any
 import psutil
 import pytest
 import torch
+from deadline import deadline
 from faulty import (
     BrokenOnUnpickle,
     CrashWhileSending,
@@ -63,26 +63,6 @@ DEADLINE_S = {"fork": 30.0, "spawn": 90.0, "forkserver": 90.0}  # spawn: ~1-5 s 
 
 
 # ---------------------------------------------------------------- helpers
-class Hung(BaseException):
-    """Raised in the main thread when a call overruns its deadline (not an Exception,
-    so nothing on the way up can swallow it)."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Fail (raise :class:`Hung`) if the block runs longer than ``seconds``."""
-    def alarm(signum: int, frame: Any) -> None:
-        raise Hung(f"did not return within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def live_processes() -> set[int]:
     """Every live descendant that could be a worker, forkserver workers included
     (they are children of the forkserver, which conftest's check does not see)."""
