@@ -79,7 +79,7 @@ def _workloads(quick: bool) -> list[dict[str, Any]]:
             {"name": "1 ms/sample", "n": 32, "cost_ms": 1.0, "reps": 2},
         ]
     return [
-        {"name": "no work", "n": 4096, "cost_ms": 0.0, "reps": 13},
+        {"name": "no work", "n": 4096, "cost_ms": 0.0, "reps": 31},  # a pass: ~30 ms
         {"name": "0.1 ms/sample", "n": 4096, "cost_ms": 0.1, "reps": 7},
         {"name": "1 ms/sample", "n": 1024, "cost_ms": 1.0, "reps": 5},
     ]

@@ -22,7 +22,7 @@ import numpy as np
 
 from dlviz import eventlog as log
 from dlviz.ledger import Occurrence
-from dlviz.run import Event, Run
+from dlviz.run import MAIN, Event, Run
 
 if TYPE_CHECKING:
     from dlviz.recorder import _Epoch
@@ -38,9 +38,10 @@ def _events(kind: str, worker: int, seq: Any, value: Any, start: Any, end: Any,
     return [_new_tuple(Event, row) for row in rows]
 
 
-def _status(next_code: Any, table: dict[int, str], default: str) -> list[str]:
-    """A status per record, looked up from the code of the record after it."""
-    return [table.get(code, default) for code in next_code.tolist()]
+def _status(outcome: Any, table: dict[int, str], default: str) -> list[str]:
+    """A status per record, looked up from a code that tells how it ended (mostly
+    the code of the record after it)."""
+    return [table.get(code, default) for code in outcome.tolist()]
 
 
 def build_run(epoch: _Epoch, stop: str, duration: int) -> Run:
@@ -50,6 +51,11 @@ def build_run(epoch: _Epoch, stop: str, duration: int) -> Run:
     events = [_new_tuple(Event, (kind, worker, seq, index, start - origin, end - origin,
                                   status, 0))
               for kind, worker, seq, index, start, end, status in epoch.marks]
+    # your loop's steps: from the end of one wait in next() to the start of the next
+    waits = [(start - origin, end - origin) for kind, _w, _s, _i, start, end, _st
+             in epoch.marks if kind == "wait"]
+    events += [Event("step", MAIN, -1, -1, before[1], after[0])
+               for before, after in zip(waits, waits[1:])]
     workers: dict[int, int] = {}
     none_fetches: set[tuple[int, int]] = set()  # (batch, index) that returned None
     stream_items: list[tuple[int, int]] = []  # (key, batch) a stream yielded
@@ -74,15 +80,16 @@ def build_run(epoch: _Epoch, stop: str, duration: int) -> Run:
         in_pass = np.isin(seq, seqs)  # persistent workers log every pass in one region
         if worker >= 0 and in_pass.any():  # a persistent worker started in an earlier pass
             workers.setdefault(worker, pid)
-        fetch = (code == log.FETCH) & in_pass
+        fetch = ((code == log.FETCH) | (code == log.NONE)) & in_pass
         empty = fetch & (next_code == log.END)  # the next() that found the stream empty
         ended_batches.update(seq[empty].tolist())
         fetch &= ~empty
-        status = _status(next_code[fetch], {log.RAISED: "raised", log.NONE: "none",
-                                            0: "unfinished"}, "ok")
+        returned_none = fetch & (code == log.NONE)
+        outcome = np.where(returned_none, log.NONE, next_code)  # what came of each fetch
+        status = _status(outcome[fetch], {log.RAISED: "raised", log.NONE: "none",
+                                          0: "unfinished"}, "ok")
         events += _events("fetch", worker, seq[fetch], value[fetch], start[fetch], end[fetch],
                           status)
-        returned_none = fetch & (next_code == log.NONE)
         none_fetches.update(zip(seq[returned_none].tolist(), value[returned_none].tolist()))
         if traced.iterable:
             item = fetch & ~returned_none & (next_code != log.RAISED) & (value >= 0)

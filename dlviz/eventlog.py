@@ -1,25 +1,35 @@
-"""The worker-side event log: what each worker did, kept even if the worker dies.
+"""The event log: what each process that fetches did, kept even if a worker dies.
 
 A DataLoader worker sends a batch back only when the batch succeeds, so events
 that ride along with the batch are lost exactly when they matter most: when a
 sample raises, when the OOM killer ends the worker, when a fetch hangs. dlviz
 therefore writes worker events straight into shared memory as they happen: one
-region of int64 records per worker (and one for the main process, which does the
-fetching when ``num_workers=0``). The main process reads the regions after the
-run, whatever happened to the workers.
+region of int64 records per worker. The main process reads the regions after the
+run, whatever happened to the workers. When ``num_workers=0`` the main process
+fetches itself; nothing there outlives it, so its records go to Python lists,
+cheaper to append to than shared memory is to write.
 
-A record is four int64: ``(code, batch, value, time_ns)``. ``code`` is written
-last, so a record with a non-zero code is complete; the first zero code marks the
-end of a region. A fetch record holds the start time of the fetch; the fetch
-ends where the worker's next record begins (the next fetch, the collate, or the
-``RAISED`` / ``NONE`` / ``END`` record that closes it).
+A record is four int64: ``(code, batch, value, time_ns)``. ``time_ns`` is written
+last and is never zero, so a record with a time is complete; the first record
+without one marks the end of a region. A fetch record holds the start time of the
+fetch; the fetch ends where the process's next record begins (the next fetch, the
+collate, or the ``RAISED`` / ``END`` record that closes it).
 
-Writing costs four memoryview stores per sample (about 0.2 us); see
-``benchmarks/overhead.py``.
+In a worker, a batch's fetch records are laid out before its first fetch starts,
+all at once (code, batch and index for every sample, but no time yet); each fetch
+then costs one store, its start time, the moment it begins. A worker that dies
+mid-batch leaves the fetches it started, the last one unfinished. The main
+process notes a batch's start times in a list and logs them when the batch ends.
+See ``benchmarks/overhead.py`` for what this costs.
+
+Persistent workers keep their regions from pass to pass: when a new pass starts,
+the main process (having read the last one) counts up a number in each region's
+header, and each worker empties its region before it logs anything more.
 """
 
 from __future__ import annotations
 
+import array
 import os
 import time
 from typing import Any
@@ -31,14 +41,16 @@ import torch
 WORKER_START = 1  # value = pid
 FETCH = 2  # value = dataset index (map-style) or sample key (iterable; -1 until known)
 RAISED = 3  # the previous fetch raised; value = index or -1
-NONE = 4  # the previous fetch returned None; value = index
+NONE = 4  # a fetch that returned None (a FETCH record whose code was changed after)
 END = 5  # an iterable's next() found no more data
 COLLATE = 6  # collate_fn started
 COLLATED = 7  # collate_fn returned
 COLLATE_RAISED = 8  # collate_fn raised
 
 FIELDS = 4
-HEADER = 1  # record 0 of a region: (overflowed, pid, 0, 0)
+HEADER = 1  # record 0 of a region: (overflowed, pid, pass, 0)
+PASS = 2  # the header field where the main process announces a new pass
+TIME = 3  # the field written last
 
 clock = time.perf_counter_ns
 
@@ -48,8 +60,12 @@ clock = time.perf_counter_ns
 current_batch = -1
 
 
+_Fetches = tuple[int, list[Any], list[int], list[int], int]
+"""One batch's fetches in the main process: the arguments of :meth:`EventLog.note_fetches`."""
+
+
 class EventLog:
-    """Shared-memory regions, one per worker plus one (the last) for the main process.
+    """One shared-memory region per worker, and Python lists for the main process.
 
     The object travels to the workers inside dlviz's dataset wrapper (forked, or
     pickled under spawn/forkserver: torch moves the tensor to shared memory and
@@ -58,14 +74,17 @@ class EventLog:
 
     def __init__(self, num_workers: int, capacity: int) -> None:
         self.num_workers = num_workers
-        self.capacity = capacity
-        self.buffer = torch.zeros((num_workers + 1) * (capacity + HEADER) * FIELDS,
-                                  dtype=torch.int64)
+        self.capacity = capacity  # records per region
+        self.buffer = torch.zeros(num_workers * (capacity + HEADER) * FIELDS, dtype=torch.int64)
         if num_workers > 0:  # workers write into it: shared memory
             self.buffer.share_memory_()
-        self.view: memoryview | None = None  # this process's view, once attached
-        self.pos = 0  # where this process writes its next record
-        self._end = 0
+        self.view: memoryview | None = None  # a worker's view of the buffer, once attached
+        self.local = False  # attached in the main process: records go to self.main
+        self.main: list[list[int] | _Fetches] = []  # the main process's records
+        self.main_overflowed = False
+        self.pos = 0  # where this process writes its next record (in int64s)
+        self._start = self._end = 0  # a worker's region
+        self._pass = 0  # the pass a worker's records belong to
 
     # --- pickling: only the shared tensor travels, never a process's position ---
     def __getstate__(self) -> dict[str, Any]:
@@ -74,56 +93,116 @@ class EventLog:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.view, self.pos, self._end = None, 0, 0
+        self.view, self.local, self.main, self.main_overflowed = None, False, [], False
+        self.pos, self._start, self._end, self._pass = 0, 0, 0, 0
 
     # --- writing (in whichever process fetches) ---
     def attach(self, worker: int) -> None:
-        """Start writing to ``worker``'s region (-1: the main process's region)."""
-        region = self.num_workers if worker < 0 else worker
+        """Start writing: to ``worker``'s region, or (-1) to the main process's lists."""
+        if worker < 0:
+            self.local, self.pos, self._end = True, 0, self.capacity * FIELDS
+            return
         stride = (self.capacity + HEADER) * FIELDS
         self.view = memoryview(self.buffer.numpy()).cast("B").cast("q")  # type: ignore[arg-type]
-        start = region * stride
-        self.pos = start + HEADER * FIELDS
+        self._start = start = worker * stride
         self._end = start + stride
-        # continue after records already there (persistent workers, the main
-        # process's region across epochs)
-        while self.pos < self._end and self.view[self.pos] != 0:
-            self.pos += FIELDS
+        self._pass = self.view[start + PASS]
+        self.pos = start + HEADER * FIELDS
         self.view[start + 1] = os.getpid()
+
+    def new_pass(self) -> None:
+        """In the main process, once the last pass's Run is built: tell persistent workers
+        to empty their regions and log the next pass from the start."""
+        table = self.buffer.numpy().reshape(self.num_workers, self.capacity + HEADER, FIELDS)
+        table[:, 0, PASS] += 1
+
+    def _start_pass(self) -> None:
+        """In a worker, before its first write of a new pass: empty its region."""
+        assert self.view is not None
+        self.buffer.numpy()[self._start + HEADER * FIELDS:self._end] = 0
+        self.view[self._start] = 0  # not overflowed
+        self._pass = self.view[self._start + PASS]
+        self.pos = self._start + HEADER * FIELDS
+
+    @property
+    def attached(self) -> bool:
+        return self.local or self.view is not None
 
     def room(self, records: int) -> bool:
         """Whether ``records`` more records fit; marks the region as overflowed if not."""
-        view = self.view
-        if view is None:
+        if not self.attached:
             raise RuntimeError("EventLog.attach() was not called in this process")
+        if not self.local and self.view[self._start + PASS] != self._pass:  # type: ignore[index]
+            self._start_pass()
         if self.pos + records * FIELDS <= self._end:
             return True
-        view[self._end - (self.capacity + HEADER) * FIELDS] = 1
+        if self.local:
+            self.main_overflowed = True
+        else:
+            self.view[self._end - (self.capacity + HEADER) * FIELDS] = 1  # type: ignore[index]
         return False
 
     def write(self, code: int, batch: int, value: int, at: int) -> None:
         """Append one record (callers check :meth:`room` first)."""
-        view, pos = self.view, self.pos
+        pos = self.pos
+        self.pos = pos + FIELDS
+        if self.local:
+            self.main.append([code, batch, value, at])
+            return
+        view = self.view
         assert view is not None
+        view[pos] = code
         view[pos + 1] = batch
         view[pos + 2] = value
-        view[pos + 3] = at
-        view[pos] = code
-        self.pos = pos + FIELDS
+        view[pos + TIME] = at
+
+    def lay_out_fetches(self, batch: int, indices: list[Any]) -> int:
+        """In a worker: write one FETCH record per index, all at once and without
+        times (callers check :meth:`room` for ``len(indices) + 1`` records: a RAISED
+        may follow any fetch).
+
+        Returns where the first fetch's time goes; the caller stores ``clock()``
+        there as the first fetch starts, ``FIELDS`` further on for the next, and
+        moves :attr:`pos` past the fetches it started. An index that is not an int
+        is logged as -1.
+        """
+        view, pos, n = self.view, self.pos, len(indices)
+        assert view is not None
+        records = array.array("q", (FETCH, batch, 0, 0)) * n
+        records[2::FIELDS] = _int64s(indices)
+        view[pos:pos + n * FIELDS] = records
+        return pos + TIME
+
+    def note_fetches(self, batch: int, indices: list[Any], times: list[int],
+                     nones: list[int], raised_at: int) -> None:
+        """In the main process: log a batch's fetches once they are over (callers check
+        :meth:`room` as for :meth:`lay_out_fetches`). ``times``: the start of each
+        fetch made; ``nones``: positions that returned None; ``raised_at``: when the
+        last fetch raised (0: none did)."""
+        self.main.append((batch, indices, times, nones, raised_at))
+        self.pos += (len(times) + bool(raised_at)) * FIELDS
+
+    def set_code_of_last(self, code: int) -> None:
+        """Change the code of the last record (a fetch turns out to have returned None)."""
+        self._set_in_last(0, code)
 
     def set_value_of_last(self, value: int) -> None:
         """Fill in the value of the last record (an iterable's key, known only after next())."""
-        assert self.view is not None
-        self.view[self.pos - FIELDS + 2] = value
+        self._set_in_last(2, value)
+
+    def _set_in_last(self, field: int, value: int) -> None:
+        if self.local:
+            last = self.main[-1]
+            assert isinstance(last, list)
+            last[field] = value
+        else:
+            self.view[self.pos - FIELDS + field] = value  # type: ignore[index]
 
     def reset(self) -> None:
         """Empty every region (between passes whose workers are gone)."""
         self.buffer.zero_()
-        self.view, self.pos = None, 0
-
-    @property
-    def attached(self) -> bool:
-        return self.view is not None
+        self.view, self.local, self.main, self.main_overflowed = None, False, [], False
+        self.pos = 0
 
     # --- reading (main process) ---
     def regions(self) -> list[tuple[int, int, bool, np.ndarray]]:
@@ -131,14 +210,56 @@ class EventLog:
 
         Worker -1 is the main process. Regions with no record are left out.
         """
-        table = self.buffer.numpy().reshape(self.num_workers + 1, self.capacity + HEADER, FIELDS)
+        table = self.buffer.numpy().reshape(self.num_workers, self.capacity + HEADER, FIELDS)
         out = []
-        for region in range(self.num_workers + 1):
-            header, records = table[region, 0], table[region, HEADER:]
-            codes = records[:, 0]
-            stop = int(np.argmin(codes != 0)) if codes[-1] == 0 else len(codes)
-            if stop == 0:
-                continue
-            worker = -1 if region == self.num_workers else region
-            out.append((worker, int(header[1]), bool(header[0]), records[:stop].copy()))
+        for worker in range(self.num_workers):
+            header, records = table[worker, 0], table[worker, HEADER:]
+            times = records[:, TIME]
+            stop = int(np.argmin(times != 0)) if times[-1] == 0 else len(times)
+            if stop:
+                out.append((worker, int(header[1]), bool(header[0]), records[:stop].copy()))
+        if self.main:
+            out.append((-1, os.getpid(), self.main_overflowed, _main_records(self.main)))
         return out
+
+
+def _main_records(entries: list[list[int] | _Fetches]) -> np.ndarray:
+    """The main process's records as one (n, 4) array, fetches expanded."""
+    columns: list[list[int]] = [[], [], [], []]
+    code, batch, value, at = columns
+    for entry in entries:
+        if isinstance(entry, list):
+            for column, field in zip(columns, entry):
+                column.append(field)
+            continue
+        seq, indices, times, nones, raised_at = entry
+        n = len(times)
+        codes = [FETCH] * n
+        for k in nones:
+            codes[k] = NONE
+        code += codes
+        batch += [seq] * n
+        value += _int64s(indices[:n])
+        at += times
+        if raised_at:
+            raised = (RAISED, seq, value[-1] if n else -1, raised_at)
+            for column, field in zip(columns, raised):
+                column.append(field)
+    records: np.ndarray = np.array(columns, dtype=np.int64).T.copy()
+    return records
+
+
+def _int64s(indices: list[Any]) -> array.array[int]:
+    """Indices as int64 (one that is not an int, or too big: -1)."""
+    try:
+        return array.array("q", indices)
+    except (TypeError, ValueError, OverflowError):
+        return array.array("q", map(_int_or_minus_one, indices))
+
+
+def _int_or_minus_one(index: Any) -> int:
+    try:
+        value: int = array.array("q", (index,))[0]
+    except (TypeError, ValueError, OverflowError):
+        return -1
+    return value

@@ -54,8 +54,8 @@ PNG_COMPRESSION = 1
 """zlib level for the image: 1 encodes in about 60% of the time of the default 6, and
 the flat colours of a plot compress almost as well (63 KB against 61 KB)."""
 PERSISTENT_PASSES = 4
-"""Passes a set of persistent workers is kept for: the recorder's event log holds four
-passes, so the fifth re-run starts fresh workers rather than record a truncated pass."""
+"""Passes a set of persistent workers is kept for: their Traced keeps every pass's notes,
+so the fifth re-run starts fresh workers rather than let those pile up."""
 FAULTS = {"none": None, "exception": "fail_at", "worker crash": "crash_at",
           "hang": "hang_at", "None sample": "none_at"}
 START_METHODS = ("default", *multiprocessing.get_all_start_methods())

@@ -71,6 +71,7 @@ MAX_KEYS = 10_000_000
 LOG_RECORDS = 2**22
 """Records in the shared event log, all regions together (4 int64 each: 128 MiB)."""
 
+_FATE_MARKS = {"delivered": "deliver", "failed": "lost"}  # a batch's fate -> its mark
 _DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? ([\d, ]+)\) (?:exited unexpectedly|is killed)")
 _TIMED_OUT = "DataLoader timed out after"
 
@@ -163,37 +164,48 @@ class _TracedMapDataset(Dataset[Any]):
         return self.__getitems__(index)[0] if isinstance(index, _Batch) else self.inner[index]
 
     def __getitems__(self, batch: _Batch) -> list[Any]:
-        log, seq, inner = self.log, batch.seq, self.inner
+        log, inner, indices, seq = self.log, self.inner, batch.indices, batch.seq
         eventlog.current_batch = seq
         if not log.attached:
             log.attach(_worker_id())
-        indices = batch.indices
-        if not log.room(2 * len(indices) + 2):
+        if not log.room(len(indices) + 1):
             return [inner[i] for i in indices]
-        # the hot loop: one record (four stores) per sample, written in place
-        view, pos, out = log.view, log.pos, []
+        out: list[Any] = []
+        if log.local:
+            # the main process (num_workers=0): nothing there outlives it, so the
+            # start times go to a list, and into the log when the batch ends
+            times: list[int] = []
+            nones: list[int] = []
+            note = times.append
+            try:
+                for index in indices:
+                    note(clock())
+                    sample = inner[index]
+                    if sample is None:
+                        nones.append(len(out))
+                    out.append(sample)
+            finally:
+                log.note_fetches(seq, indices, times, nones,
+                                 raised_at=clock() if len(out) < len(times) else 0)
+            return out
+        # a worker: the batch's records are laid out first; each fetch then stores its
+        # start time in shared memory as it begins, so a fetch that never ends (the
+        # worker crashed or hangs) is still there for the main process to see
+        view, at = log.view, log.lay_out_fetches(seq, indices)
         assert view is not None
         for index in indices:
-            view[pos + 1] = seq
-            try:
-                view[pos + 2] = index
-            except TypeError:  # not an int index: logged as -1
-                view[pos + 2] = -1
-            view[pos + 3] = clock()
-            view[pos] = eventlog.FETCH
-            pos += eventlog.FIELDS
+            view[at] = clock()
+            at += eventlog.FIELDS
             try:
                 sample = inner[index]
             except BaseException:
-                log.pos = pos
-                log.write(eventlog.RAISED, seq, view[pos - eventlog.FIELDS + 2], clock())
+                log.pos = at - eventlog.TIME
+                log.write(eventlog.RAISED, seq, view[log.pos - eventlog.FIELDS + 2], clock())
                 raise
             if sample is None:
-                log.pos = pos
-                log.write(eventlog.NONE, seq, view[pos - eventlog.FIELDS + 2], clock())
-                pos = log.pos
+                view[at - eventlog.FIELDS - eventlog.TIME] = eventlog.NONE
             out.append(sample)
-        log.pos = pos
+        log.pos = at - eventlog.TIME
         return out
 
 
@@ -241,7 +253,7 @@ class _KeyedIterator:
             log.write(eventlog.RAISED, seq, -1, clock())
             raise
         if item is None:
-            log.write(eventlog.NONE, seq, -1, clock())
+            log.set_code_of_last(eventlog.NONE)
         else:
             log.set_value_of_last(self.key(item))
         return item
@@ -478,7 +490,11 @@ class _Epoch:
         self.mark("dispatch", worker, self.last_drawn)
 
     def arrived(self, task: int, data: Any, it: _TracedWorkersIter) -> None:
-        seq = self.task_seq.get(task, -1)
+        if task not in self.task_seq:
+            # a persistent worker's batch from a pass cut short: torch discards it
+            # while it starts this pass, before anything of this pass is sent
+            return
+        seq = self.task_seq[task]
         worker = self.batch_worker.get(seq, MAIN)
         self.mark("arrive", worker, seq)
         if isinstance(data, _IterableDatasetStopIteration):
@@ -496,11 +512,13 @@ class _Epoch:
         self.resolve(seq, "failed" if failed else "delivered", worker)
 
     # --- the pass ---
-    def resolve(self, seq: int, fate: str, worker: int) -> None:
+    def resolve(self, seq: int, fate: str, worker: int, at: int | None = None) -> None:
+        """Give batch ``seq`` its fate (once) and mark it on the timeline, at ``at`` or now."""
         if seq < 0 or seq in self.resolved:
             return
         self.resolved[seq] = fate
-        self.mark({"delivered": "deliver", "failed": "lost"}.get(fate, fate), worker, seq)
+        t = clock() if at is None else at
+        self.marks.append((_FATE_MARKS.get(fate, fate), worker, seq, -1, t, t, ""))
 
     def error(self, exc: BaseException) -> str:
         """Note an error the loop saw; returns its kind."""
@@ -619,7 +637,6 @@ class TracedIterator:
     def __init__(self, traced: Traced, epoch: _Epoch) -> None:
         self.traced = traced
         self.epoch = epoch
-        self.returned_at: int | None = None  # when the last next() returned (abs clock)
         epoch.iterator = iter(traced.loader)
         self.torch_iter = epoch.iterator
         epoch.pids = {i: w.pid for i, w in enumerate(getattr(self.torch_iter, "_workers", []))}
@@ -634,9 +651,7 @@ class TracedIterator:
         epoch = self.epoch
         if epoch.stop is not None:
             raise StopIteration
-        start = clock()
-        if self.returned_at is not None:
-            epoch.marks.append(("step", MAIN, -1, -1, self.returned_at, start, ""))
+        start = clock()  # your step ran from the last wait's end to here (see build_run)
         epoch.current = None
         try:
             batch = next(self.torch_iter)
@@ -649,16 +664,17 @@ class TracedIterator:
             self._end("interrupt")
             raise
         except Exception as exc:
-            self.returned_at = clock()
-            epoch.marks.append(("wait", MAIN, -1, -1, start, self.returned_at, "raised"))
+            epoch.marks.append(("wait", MAIN, -1, -1, start, clock(), "raised"))
             epoch.error(exc)
             raise
-        end = self.returned_at = clock()
+        end = clock()
         current = epoch.current
-        seq, worker = (current[0], current[1]) if current else (epoch.last_drawn, MAIN)
+        if current is None:  # num_workers=0: the batch just fetched is resolved here
+            seq = epoch.last_drawn
+            epoch.resolve(seq, "delivered", MAIN, at=end)
+        else:
+            seq = current[0]
         epoch.marks.append(("wait", MAIN, seq, -1, start, end, "ok"))
-        if current is None:
-            epoch.resolve(seq, "delivered", worker)  # num_workers=0: resolved here
         return batch
 
     def finish(self, stop: str = "break") -> Run:
@@ -738,11 +754,15 @@ class Traced:
         """Start a pass (an epoch). A pass still open is ended first."""
         if self._iterator is not None and self._iterator.epoch.stop is None:
             self._iterator.finish("break")
-        if self.epochs and not self.persistent:
-            # new workers for this pass: build the last pass's Run from the log, then
-            # give the log back empty (each pass fills it once)
+        if self.epochs:
+            # build the last pass's Run from the log, then empty the log for this one:
+            # new workers find it empty; persistent ones empty their own regions
+            # before they log anything of this pass
             self.epochs[-1].result()
-            self.log.reset()
+            if self.persistent:
+                self.log.new_pass()
+            else:
+                self.log.reset()
         epoch = _Epoch(self)
         self.box.epoch = epoch
         self.epochs.append(epoch)
@@ -778,7 +798,7 @@ class Traced:
 
     def _close(self, stop: str) -> None:
         if self._iterator is not None:
-            self._iterator.finish(stop)
+            self._iterator._end(stop)  # the Run is built only when someone asks for it
             _shutdown(self._iterator.torch_iter)
 
     def __enter__(self) -> Traced:
@@ -951,9 +971,10 @@ class _IntKey:
 
 
 def _capacity(loader: DataLoader[Any]) -> int:
-    """Records per region: one pass (four with persistent workers) over the samples,
-    but no more than a share of :data:`LOG_RECORDS` (a dataset of a billion samples
-    must not allocate tens of GB of shared memory before its first batch).
+    """Records per region: one pass over all the samples (persistent workers empty their
+    region at the start of each pass), but no more than a share of :data:`LOG_RECORDS`
+    (a dataset of a billion samples must not allocate tens of GB of shared memory
+    before its first batch).
 
     A region that fills up stops recording and the Run says so in its notes.
     """
@@ -966,7 +987,7 @@ def _capacity(loader: DataLoader[Any]) -> int:
     batches = samples // max(1, loader.batch_size or 1) + 1
     per_pass = samples + 3 * batches + 64  # a fetch per sample; collate, end per batch
     most = max(4096, LOG_RECORDS // (loader.num_workers + 1))
-    return min(most, per_pass * (4 if loader.persistent_workers else 1))
+    return min(most, per_pass)
 
 
 def _start_method(loader: DataLoader[Any]) -> str:

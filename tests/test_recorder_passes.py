@@ -1,0 +1,65 @@
+"""Many passes over one traced loader: each pass's Run holds that pass and nothing else.
+
+Real workers throughout. Persistent workers log every pass into the same shared-memory
+region; at the start of each pass they empty it, so a loader can be iterated for as
+many epochs as a training run has, and a pass cut short leaves nothing behind in the
+next one (torch discards the workers' leftover batches while the next pass starts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from torch.utils.data import DataLoader
+
+import dlviz
+from dlviz.datasets import SyntheticDataset
+
+N, BATCH = 48, 8
+PASSES = 20  # a region holds one pass of the whole dataset plus some room: this many
+# passes of a worker's share would not fit in it at once
+
+
+def _loader(**kwargs: Any) -> DataLoader[Any]:
+    options: dict[str, Any] = {"batch_size": BATCH, "num_workers": 2}
+    options.update(kwargs)
+    return DataLoader(SyntheticDataset(N), **options)
+
+
+def _check_complete_pass(run: dlviz.Run) -> None:
+    summary = run.summary()
+    assert summary["delivered"] == N and summary["in_flight"] == 0, summary
+    fetched = sorted(e.index for e in run.events if e.kind == "fetch")
+    assert fetched == list(range(N))  # every index fetched once, in this pass
+    batches = {e.batch for e in run.events if e.kind in ("fetch", "collate", "dispatch")}
+    assert len(batches) == N // BATCH
+    assert all(e.batch >= 0 for e in run.events if e.kind in ("arrive", "deliver", "dispatch"))
+    assert not run.notes, run.notes
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_every_pass_of_many_is_recorded_whole(persistent: bool) -> None:
+    with dlviz.trace(_loader(persistent_workers=persistent)) as traced:
+        for _ in range(PASSES):
+            assert sum(1 for _ in traced) == N // BATCH
+        runs = traced.runs
+    assert len(runs) == PASSES
+    for run in runs:
+        _check_complete_pass(run)
+    first_batches = [min(e.batch for e in run.events if e.kind == "fetch") for run in runs]
+    assert first_batches == sorted(first_batches)  # batch numbers keep counting up
+
+
+def test_a_pass_cut_short_leaves_nothing_in_the_next() -> None:
+    with dlviz.trace(_loader(persistent_workers=True, prefetch_factor=2)) as traced:
+        for i, _ in enumerate(traced):
+            if i == 1:
+                break  # the workers still hold prefetched batches of this pass
+        short = traced.run
+        assert sum(1 for _ in traced) == N // BATCH
+        full = traced.run
+    assert short.stop == "break" and short.summary()["delivered"] == 2 * BATCH
+    _check_complete_pass(full)
+    short_batches = {e.batch for e in short.events if e.kind == "dispatch"}
+    assert short_batches.isdisjoint(e.batch for e in full.events)
