@@ -225,8 +225,8 @@ class EventLog:
 
 def _main_records(entries: list[list[int] | _Fetches]) -> np.ndarray:
     """The main process's records as one (n, 4) array, fetches expanded."""
-    columns: list[list[int]] = [[], [], [], []]
-    code, batch, value, at = columns
+    columns: list[list[Any]] = [[], [], [], []]
+    code, batch, value, at = columns  # value: the indices as the sampler gave them
     for entry in entries:
         if isinstance(entry, list):
             for column, field in zip(columns, entry):
@@ -239,13 +239,15 @@ def _main_records(entries: list[list[int] | _Fetches]) -> np.ndarray:
             codes[k] = NONE
         code += codes
         batch += [seq] * n
-        value += _int64s(indices[:n])
+        value += indices[:n]
         at += times
         if raised_at:
             raised = (RAISED, seq, value[-1] if n else -1, raised_at)
             for column, field in zip(columns, raised):
                 column.append(field)
-    records: np.ndarray = np.array(columns, dtype=np.int64).T.copy()
+    records = np.empty((len(code), FIELDS), dtype=np.int64)
+    records[:, 0], records[:, 1], records[:, TIME] = code, batch, at
+    records[:, 2] = np.frombuffer(_int64s(value), dtype=np.int64)
     return records
 
 

@@ -348,6 +348,7 @@ class _TracedWorkersIter(_MultiProcessingDataLoaderIter):
         self._dlviz_box = loader.dlviz_box
         self._dlviz_last_idx: Any = None
         self._dlviz_deaths = 0  # worker deaths noticed so far
+        self._dlviz_shutdown_at: int | None = None  # when torch began to stop the workers
         try:
             super().__init__(loader)
         except BaseException:  # interrupted (or failed) while starting the workers
@@ -357,6 +358,13 @@ class _TracedWorkersIter(_MultiProcessingDataLoaderIter):
         if self._worker_pids_set:
             signal_handling._remove_worker_pids(id(self))  # type: ignore[attr-defined]
             self._worker_pids_set = False
+
+    def _shutdown_workers(self) -> None:
+        # torch stops the workers inside the next() that finds the pass over; the loop
+        # was waiting for data only until then
+        if self._dlviz_shutdown_at is None:
+            self._dlviz_shutdown_at = clock()
+        super()._shutdown_workers()
 
     def _try_put_index(self) -> None:
         before = self._send_idx
@@ -655,8 +663,9 @@ class TracedIterator:
         epoch.current = None
         try:
             batch = next(self.torch_iter)
-        except StopIteration:
-            epoch.marks.append(("wait", MAIN, -1, -1, start, clock(), "ok"))
+        except StopIteration:  # the wait ends where torch began to stop its workers
+            end = getattr(self.torch_iter, "_dlviz_shutdown_at", None) or clock()
+            epoch.marks.append(("wait", MAIN, -1, -1, start, max(start, end), "ok"))
             self._end("exhausted")
             raise
         except KeyboardInterrupt:

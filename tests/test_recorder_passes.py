@@ -4,14 +4,19 @@ Real workers throughout. Persistent workers log every pass into the same shared-
 region; at the start of each pass they empty it, so a loader can be iterated for as
 many epochs as a training run has, and a pass cut short leaves nothing behind in the
 next one (torch discards the workers' leftover batches while the next pass starts).
+Also: a sampler that yields keys rather than int indices is traced all the same, and
+the last wait of a pass ends where torch begins to stop the workers.
 """
 
 from __future__ import annotations
 
+import multiprocessing.util
+import time
 from typing import Any
 
 import pytest
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 import dlviz
 from dlviz.datasets import SyntheticDataset
@@ -63,3 +68,49 @@ def test_a_pass_cut_short_leaves_nothing_in_the_next() -> None:
     _check_complete_pass(full)
     short_batches = {e.batch for e in short.events if e.kind == "dispatch"}
     assert short_batches.isdisjoint(e.batch for e in full.events)
+
+
+class _Words(Dataset[Any]):
+    """A dataset keyed by strings, read with a sampler that yields those keys."""
+
+    def __init__(self) -> None:
+        self.words = {w: torch.tensor(len(w)) for w in ("ab", "cde", "f", "ghij", "kl")}
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.words[key]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_indices_that_are_not_ints_are_fetched_and_said_so(workers: int) -> None:
+    dataset = _Words()
+    loader = DataLoader(dataset, batch_size=2, sampler=list(dataset.words), num_workers=workers)
+    traced = dlviz.trace(loader)
+    seen = [batch.tolist() for batch in traced]
+    assert seen == [batch.tolist() for batch in loader] == [[2, 3], [1, 4], [2]]
+    run = traced.run
+    fetches = [e for e in run.events if e.kind == "fetch"]
+    assert len(fetches) == 5 and {e.index for e in fetches} == {-1}
+    assert any("not ints" in note for note in run.notes)
+
+
+SLOW_EXIT_S = 0.6
+
+
+def _exit_slowly(worker_id: int) -> None:
+    """worker_init_fn: the worker takes SLOW_EXIT_S to exit once torch stops it."""
+    multiprocessing.util.Finalize(None, time.sleep, args=(SLOW_EXIT_S,), exitpriority=0)
+
+
+def test_the_last_wait_ends_where_torch_begins_to_stop_the_workers() -> None:
+    loader = DataLoader(SyntheticDataset(16), batch_size=4, num_workers=2,
+                        worker_init_fn=_exit_slowly)
+    traced = dlviz.trace(loader)
+    start = time.perf_counter()
+    assert sum(1 for _ in traced) == 4
+    assert time.perf_counter() - start >= SLOW_EXIT_S  # torch waited for the workers to exit
+    run = traced.run
+    last = max((e for e in run.events if e.kind == "wait"), key=lambda e: e.start)
+    assert last.end - last.start < SLOW_EXIT_S * 1e9 / 2  # ...but the loop no longer waits
