@@ -80,7 +80,7 @@ def _workloads(quick: bool) -> list[dict[str, Any]]:
         ]
     return [
         {"name": "no work", "n": 4096, "cost_ms": 0.0, "reps": 31},  # a pass: ~30 ms
-        {"name": "0.1 ms/sample", "n": 4096, "cost_ms": 0.1, "reps": 7},
+        {"name": "0.1 ms/sample", "n": 4096, "cost_ms": 0.1, "reps": 11},
         {"name": "1 ms/sample", "n": 1024, "cost_ms": 1.0, "reps": 5},
     ]
 
