@@ -46,6 +46,8 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from _machine import cpu_stall_us
+
 if TYPE_CHECKING:
     from dlviz.run import Run
 
@@ -64,15 +66,6 @@ def _explorer_module() -> ModuleType:
     from dlviz import explorer
 
     return explorer
-
-
-def _cpu_stall_us() -> int | None:
-    """Total time (us) some task on this machine waited for a CPU (Linux PSI), if known."""
-    try:
-        with open("/proc/pressure/cpu") as f:
-            return int(f.readline().rsplit("total=", 1)[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _p95(values: list[float]) -> float:
@@ -142,7 +135,7 @@ def measure_case(start_method: str, persistent: bool, reps: int,
         totals: list[float] = []
         parts: dict[str, list[float]] = {"play": [], "plot_run": [], "render_png": [],
                                          "other": []}
-        stall0, t0 = _cpu_stall_us(), time.perf_counter()
+        stall0, t0 = cpu_stall_us(), time.perf_counter()
         fresh_workers = 0
         for i in range(reps):
             timings = _Timings()
@@ -157,7 +150,7 @@ def measure_case(start_method: str, persistent: bool, reps: int,
             if run.summary()["delivered"] != N:
                 raise AssertionError(f"a re-run delivered {run.summary()['delivered']}")
         wall = time.perf_counter() - t0
-        stall1 = _cpu_stall_us()
+        stall1 = cpu_stall_us()
     finally:
         explorer.close()
     pressure = (None if stall0 is None or stall1 is None

@@ -62,6 +62,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from _machine import cpu_stall_us
 from torch.utils.data import DataLoader
 
 import dlviz
@@ -218,15 +219,6 @@ def _target(variant: str, wl: dict[str, Any]) -> float | None:
     return 0.97 if wl["cost_ms"] >= 0.1 else 0.85
 
 
-def _cpu_stall_us() -> int | None:
-    """Total time (us) some task on this machine waited for a CPU (Linux PSI), if known."""
-    try:
-        with open("/proc/pressure/cpu") as f:
-            return int(f.readline().rsplit("total=", 1)[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
@@ -253,7 +245,7 @@ def measure(quick: bool = False, work: str = "sleep", reps: int | None = None,
             count = reps or wl["reps"]
             for w in workers:
                 results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-                stall0, t_start = _cpu_stall_us(), time.perf_counter()
+                stall0, t_start = cpu_stall_us(), time.perf_counter()
                 for r in range(count):
                     order = variants[r % len(variants):] + variants[:r % len(variants)]
                     for v in order:
@@ -262,7 +254,7 @@ def measure(quick: bool = False, work: str = "sleep", reps: int | None = None,
                 if len(batches) != 1:
                     raise AssertionError(f"variants saw different batch counts: {batches}")
                 wall = time.perf_counter() - t_start
-                stall1 = _cpu_stall_us()
+                stall1 = cpu_stall_us()
                 pressure = (None if stall0 is None or stall1 is None
                             else round(100 * (stall1 - stall0) / 1e6 / wall))
                 log(f"{wl['name']}, {w} workers: {count} reps in {wall:.1f} s"

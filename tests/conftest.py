@@ -9,10 +9,11 @@ import psutil
 import pytest
 
 
-def worker_children() -> list[psutil.Process]:
-    """Child processes that could be DataLoader workers (not multiprocessing's helpers)."""
+def worker_children(recursive: bool = False) -> list[psutil.Process]:
+    """Child processes that could be DataLoader workers (not multiprocessing's helpers);
+    ``recursive``: grandchildren too, such as the forkserver's workers."""
     out = []
-    for child in psutil.Process().children(recursive=False):
+    for child in psutil.Process().children(recursive=recursive):
         try:
             cmdline = " ".join(child.cmdline())
             if child.status() == psutil.STATUS_ZOMBIE:

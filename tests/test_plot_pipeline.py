@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import pytest  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
+from no_torch import run_without_torch  # noqa: E402
 
 import dlviz  # noqa: E402
 from dlviz.run import Event, Run  # noqa: E402
@@ -210,23 +209,9 @@ def test_matplotlib_conventions(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_draws_without_torch() -> None:
     """A saved run draws its map where torch cannot be imported."""
-    script = f"""
-import importlib.abc, io, sys
-class NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is not installed here")
-sys.meta_path.insert(0, NoTorch())
-import matplotlib
-matplotlib.use("Agg")
+    run_without_torch(f"""
 import matplotlib.pyplot as plt
 import dlviz
 dlviz.plot_pipeline(dlviz.Run.from_json({str(FIXTURES / "docs.json")!r}))
 plt.gcf().savefig(io.BytesIO())
-assert not [m for m in sys.modules if m.split(".")[0] == "torch"]
-print("ok")
-"""
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+""")

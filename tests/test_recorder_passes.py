@@ -108,9 +108,9 @@ def test_the_last_wait_ends_where_torch_begins_to_stop_the_workers() -> None:
     loader = DataLoader(SyntheticDataset(16), batch_size=4, num_workers=2,
                         worker_init_fn=_exit_slowly)
     traced = dlviz.trace(loader)
-    start = time.perf_counter()
     assert sum(1 for _ in traced) == 4
-    assert time.perf_counter() - start >= SLOW_EXIT_S  # torch waited for the workers to exit
     run = traced.run
     last = max((e for e in run.events if e.kind == "wait"), key=lambda e: e.start)
-    assert last.end - last.start < SLOW_EXIT_S * 1e9 / 2  # ...but the loop no longer waits
+    # the pass ended after torch had waited for the workers to exit (a sleep: never
+    # shorter under load); the loop's last wait ended before that
+    assert run.duration - last.end >= SLOW_EXIT_S * 1e9

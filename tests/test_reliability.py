@@ -41,6 +41,7 @@ from typing import Any
 import psutil
 import pytest
 import torch
+from conftest import worker_children
 from deadline import deadline
 from faulty import (
     BrokenOnUnpickle,
@@ -66,18 +67,7 @@ DEADLINE_S = {"fork": 30.0, "spawn": 90.0, "forkserver": 90.0}  # spawn: ~1-5 s 
 def live_processes() -> set[int]:
     """Every live descendant that could be a worker, forkserver workers included
     (they are children of the forkserver, which conftest's check does not see)."""
-    out = set()
-    for p in psutil.Process().children(recursive=True):
-        try:
-            cmdline = " ".join(p.cmdline())
-            if p.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except psutil.Error:
-            continue
-        if "resource_tracker" in cmdline or "from multiprocessing.forkserver" in cmdline:
-            continue
-        out.add(p.pid)
-    return out
+    return {p.pid for p in worker_children(recursive=True)}
 
 
 def assert_no_new_processes(before: set[int], grace_s: float = 2.0) -> None:
