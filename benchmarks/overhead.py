@@ -10,8 +10,9 @@ start-up and shut-down are inside. Variant by variant:
 
 - ``plain``: ``for batch in loader``;
 - ``dlviz``: ``for batch in dlviz.trace(loader)``: building the traced loader
-  (the shared-memory event log) and building the Run when the pass ends are
-  inside the timed loop, because that is where dlviz does them;
+  (its event log) is inside the timed loop; building the Run is not, because
+  dlviz does it only when asked (``traced.run``): it is timed apart, as
+  ``dlviz: build Run``, like the profilers' ``finalize ms``;
 - ``torch.profiler``: ``with torch.profiler.profile(CPU): for batch in loader``,
   timed from before entering to the last batch; stopping the profiler (its
   ``__exit__``) is reported apart, as ``finalize ms``;
@@ -28,8 +29,7 @@ pressure while that workload ran (Linux PSI "some": the share of the time any
 task waited for a CPU; other jobs on the machine raise it, and so do two workers
 plus the main process on two cores).
 Separately, ``dlviz: build Run`` times :func:`dlviz.assemble.build_run` on the
-pass just recorded (what ``traced.run`` costs; dlviz already does it once inside
-the loop at the end of the pass).
+pass just recorded (what the first ``traced.run`` costs).
 
 Workloads: ``dlviz.datasets.SyntheticDataset`` with ``work="sleep"`` (a sample
 waits, like I/O: the wall time per sample is stable, and on a 2-core machine two

@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import operator
 import os
-from itertools import repeat
+from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,8 +41,13 @@ def _events(kind: str, worker: int, seq: Any, value: Any, start: Any, end: Any,
 
 def _status(outcome: Any, table: dict[int, str], default: str) -> list[str]:
     """A status per record, looked up from a code that tells how it ended (mostly
-    the code of the record after it)."""
-    return [table.get(code, default) for code in outcome.tolist()]
+    the code of the record after it). Almost every record has the default: only
+    the others are looked for."""
+    status = [default] * len(outcome)
+    for code, name in table.items():
+        for k in np.flatnonzero(outcome == code).tolist():
+            status[k] = name
+    return status
 
 
 def build_run(epoch: _Epoch, stop: str, duration: int) -> Run:
@@ -61,7 +66,8 @@ def build_run(epoch: _Epoch, stop: str, duration: int) -> Run:
 def _build_run(epoch: _Epoch, stop: str, duration: int) -> Run:
     traced = epoch.traced
     origin = epoch.origin
-    seqs = np.fromiter(epoch.batches, dtype=np.int64, count=len(epoch.batches))
+    # this pass's batches are numbered first..last (the drawer counts on from pass to pass)
+    first, last = (min(epoch.batches), max(epoch.batches)) if epoch.batches else (0, -1)
     events = [_new_tuple(Event, (kind, worker, seq, index, start - origin, end - origin,
                                   status, 0))
               for kind, worker, seq, index, start, end, status in epoch.marks]
@@ -91,7 +97,8 @@ def _build_run(epoch: _Epoch, stop: str, duration: int) -> Run:
             workers[worker] = pid
             events.append(Event("worker_start", worker, -1, pid, at, at))
 
-        in_pass = np.isin(seq, seqs)  # persistent workers log every pass in one region
+        in_pass = (seq >= first) & (seq <= last)  # a persistent worker's region can still
+        # hold a batch of the pass before (one cut short) when this pass begins
         if worker >= 0 and in_pass.any():  # a persistent worker started in an earlier pass
             workers.setdefault(worker, pid)
         fetch = ((code == log.FETCH) | (code == log.NONE)) & in_pass
@@ -146,38 +153,33 @@ def _ledger(epoch: _Epoch, none_fetches: set[tuple[int, int]],
             occurrences.append(Occurrence(key, seq, fate))
         return occurrences
     # map-style: what the sampler produced, gathered column by column, made at once
-    index_column: list[int] = []
-    batch_column: list[int] = []
-    fate_column: list[str] = []
-    for seq, indices in epoch.batches.items():
-        fate = resolved.get(seq, "in_flight")
-        ints = _ints(indices, notes)
-        index_column += ints
-        batch_column += repeat(seq, len(ints))
-        if fate == "delivered" and none_fetches:
-            fate_column += ["filtered" if (seq, i) in none_fetches else "delivered"
-                            for i in ints]
-        else:
-            fate_column += repeat(fate, len(ints))
+    batches = list(epoch.batches.items())
+    fates = [resolved.get(seq, "in_flight") for seq, _ in batches]
     if epoch.tail is not None:
-        seq, indices = epoch.tail
-        ints = _ints(indices, notes)
-        index_column += ints
-        batch_column += repeat(seq, len(ints))
-        fate_column += repeat("dropped", len(ints))
+        batches.append(epoch.tail)
+        fates.append("dropped")
+    try:
+        index_column = _index_column(batches)
+    except TypeError:  # a batch whose indices are not ints cannot be ledgered by index
+        notes.append("the sampler yields indices that are not ints: they are left out "
+                     "of the ledger")
+        kept = [k for k, (_, indices) in enumerate(batches)
+                if all(hasattr(i, "__index__") for i in indices)]
+        batches, fates = [batches[k] for k in kept], [fates[k] for k in kept]
+        index_column = _index_column(batches)
+    sizes = [len(indices) for _, indices in batches]
+    batch_column = list(chain.from_iterable(map(repeat, [seq for seq, _ in batches], sizes)))
+    fate_column = list(chain.from_iterable(map(repeat, fates, sizes)))
+    if none_fetches:  # a delivered batch went on without the samples that were None
+        for k, occurrence in enumerate(zip(batch_column, index_column)):
+            if occurrence in none_fetches and fate_column[k] == "delivered":
+                fate_column[k] = "filtered"
     rows = zip(index_column, batch_column, fate_column, repeat(0))
     return list(map(_new_tuple, repeat(Occurrence), rows))
 
 
-def _ints(indices: list[Any], notes: list[str]) -> list[int]:
-    """Indices as ints; a sampler yielding something else cannot be ledgered by index."""
-    try:
-        return list(map(operator.index, indices))
-    except TypeError:
-        note = "the sampler yields indices that are not ints: they are left out of the ledger"
-        if note not in notes:
-            notes.append(note)
-        return []
+def _index_column(batches: list[tuple[int, list[Any]]]) -> list[int]:
+    return list(map(operator.index, chain.from_iterable(indices for _, indices in batches)))
 
 
 def _dataset_size(dataset: Any, occurrences: list[Occurrence]) -> int:

@@ -6,7 +6,7 @@ sample raises, when the OOM killer ends the worker, when a fetch hangs. dlviz
 therefore writes worker events straight into shared memory as they happen: one
 region of int64 records per worker. The main process reads the regions after the
 run, whatever happened to the workers. When ``num_workers=0`` the main process
-fetches itself; nothing there outlives it, so its records go to Python lists,
+fetches itself; nothing there outlives it, so its records go to a Python list,
 cheaper to append to than shared memory is to write.
 
 A record is four int64: ``(code, batch, value, time_ns)``. ``time_ns`` is written
@@ -60,12 +60,8 @@ clock = time.perf_counter_ns
 current_batch = -1
 
 
-_Fetches = tuple[int, list[Any], list[int], list[int], int]
-"""One batch's fetches in the main process: the arguments of :meth:`EventLog.note_fetches`."""
-
-
 class EventLog:
-    """One shared-memory region per worker, and Python lists for the main process.
+    """One shared-memory region per worker, and a Python list for the main process.
 
     The object travels to the workers inside dlviz's dataset wrapper (forked, or
     pickled under spawn/forkserver: torch moves the tensor to shared memory and
@@ -80,7 +76,7 @@ class EventLog:
             self.buffer.share_memory_()
         self.view: memoryview | None = None  # a worker's view of the buffer, once attached
         self.local = False  # attached in the main process: records go to self.main
-        self.main: list[list[int] | _Fetches] = []  # the main process's records
+        self.main: list[Any] = []  # the main process's records, FIELDS items each
         self.main_overflowed = False
         self.pos = 0  # where this process writes its next record (in int64s)
         self._start = self._end = 0  # a worker's region
@@ -98,7 +94,7 @@ class EventLog:
 
     # --- writing (in whichever process fetches) ---
     def attach(self, worker: int) -> None:
-        """Start writing: to ``worker``'s region, or (-1) to the main process's lists."""
+        """Start writing: to ``worker``'s region, or (-1) to the main process's list."""
         if worker < 0:
             self.local, self.pos, self._end = True, 0, self.capacity * FIELDS
             return
@@ -147,7 +143,7 @@ class EventLog:
         pos = self.pos
         self.pos = pos + FIELDS
         if self.local:
-            self.main.append([code, batch, value, at])
+            self.main += (code, batch, value, at)
             return
         view = self.view
         assert view is not None
@@ -178,9 +174,18 @@ class EventLog:
         """In the main process: log a batch's fetches once they are over (callers check
         :meth:`room` as for :meth:`lay_out_fetches`). ``times``: the start of each
         fetch made; ``nones``: positions that returned None; ``raised_at``: when the
-        last fetch raised (0: none did)."""
-        self.main.append((batch, indices, times, nones, raised_at))
-        self.pos += (len(times) + bool(raised_at)) * FIELDS
+        last fetch raised (0: none did). An index is kept as the sampler gave it (it
+        becomes an int64, or -1, when the log is read)."""
+        made = len(times)
+        records = [FETCH, batch, 0, 0] * made
+        records[2::FIELDS] = indices if made == len(indices) else indices[:made]
+        records[TIME::FIELDS] = times
+        for k in nones:
+            records[k * FIELDS] = NONE
+        if raised_at:
+            records += (RAISED, batch, indices[made - 1] if made else -1, raised_at)
+        self.main += records
+        self.pos += len(records)
 
     def set_code_of_last(self, code: int) -> None:
         """Change the code of the last record (a fetch turns out to have returned None)."""
@@ -192,9 +197,7 @@ class EventLog:
 
     def _set_in_last(self, field: int, value: int) -> None:
         if self.local:
-            last = self.main[-1]
-            assert isinstance(last, list)
-            last[field] = value
+            self.main[field - FIELDS] = value
         else:
             self.view[self.pos - FIELDS + field] = value  # type: ignore[index]
 
@@ -219,36 +222,9 @@ class EventLog:
             if stop:
                 out.append((worker, int(header[1]), bool(header[0]), records[:stop].copy()))
         if self.main:
-            out.append((-1, os.getpid(), self.main_overflowed, _main_records(self.main)))
+            records = np.frombuffer(_int64s(self.main), dtype=np.int64).reshape(-1, FIELDS)
+            out.append((-1, os.getpid(), self.main_overflowed, records))
         return out
-
-
-def _main_records(entries: list[list[int] | _Fetches]) -> np.ndarray:
-    """The main process's records as one (n, 4) array, fetches expanded."""
-    columns: list[list[Any]] = [[], [], [], []]
-    code, batch, value, at = columns  # value: the indices as the sampler gave them
-    for entry in entries:
-        if isinstance(entry, list):
-            for column, field in zip(columns, entry):
-                column.append(field)
-            continue
-        seq, indices, times, nones, raised_at = entry
-        n = len(times)
-        codes = [FETCH] * n
-        for k in nones:
-            codes[k] = NONE
-        code += codes
-        batch += [seq] * n
-        value += indices[:n]
-        at += times
-        if raised_at:
-            raised = (RAISED, seq, value[-1] if n else -1, raised_at)
-            for column, field in zip(columns, raised):
-                column.append(field)
-    records = np.empty((len(code), FIELDS), dtype=np.int64)
-    records[:, 0], records[:, 1], records[:, TIME] = code, batch, at
-    records[:, 2] = np.frombuffer(_int64s(value), dtype=np.int64)
-    return records
 
 
 def _int64s(indices: list[Any]) -> array.array[int]:
