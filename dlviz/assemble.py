@@ -7,8 +7,9 @@ into fetch and collate spans and decides every sample's fate (the ledger).
 
 A log record holds the *start* of what it describes; it ends where the next
 record of the same worker starts. So each region is read with its records and
-the records shifted by one ("next") side by side, with numpy, which keeps a
-4000-event run well under 5 ms to build (``benchmarks/overhead.py``).
+the records shifted by one ("next") side by side, with numpy; the Python objects
+(events, occurrences) are then made column by column, a few milliseconds for a
+4000-event run (``benchmarks/overhead.py``).
 """
 
 from __future__ import annotations
@@ -163,8 +164,7 @@ def _ledger(epoch: _Epoch, none_fetches: set[tuple[int, int]],
     except TypeError:  # a batch whose indices are not ints cannot be ledgered by index
         notes.append("the sampler yields indices that are not ints: they are left out "
                      "of the ledger")
-        kept = [k for k, (_, indices) in enumerate(batches)
-                if all(hasattr(i, "__index__") for i in indices)]
+        kept = [k for k, (_, indices) in enumerate(batches) if all(map(_is_index, indices))]
         batches, fates = [batches[k] for k in kept], [fates[k] for k in kept]
         index_column = _index_column(batches)
     sizes = [len(indices) for _, indices in batches]
@@ -180,6 +180,14 @@ def _ledger(epoch: _Epoch, none_fetches: set[tuple[int, int]],
 
 def _index_column(batches: list[tuple[int, list[Any]]]) -> list[int]:
     return list(map(operator.index, chain.from_iterable(indices for _, indices in batches)))
+
+
+def _is_index(value: Any) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _dataset_size(dataset: Any, occurrences: list[Occurrence]) -> int:

@@ -96,6 +96,18 @@ def test_indices_that_are_not_ints_are_fetched_and_said_so(workers: int) -> None
     assert any("not ints" in note for note in run.notes)
 
 
+def test_batches_of_int_indices_keep_their_ledger_next_to_batches_of_keys() -> None:
+    dataset = _Words()
+    dataset.words.update({0: torch.tensor(0), 1: torch.tensor(1)})
+    loader = DataLoader(dataset, batch_size=2, sampler=[0, 1, "ab", "cde"])
+    traced = dlviz.trace(loader)
+    assert [batch.tolist() for batch in traced] == [[0, 1], [2, 3]]
+    run = traced.run
+    assert [(o.index, o.batch, o.fate) for o in run.occurrences] == [
+        (0, 0, "delivered"), (1, 0, "delivered")]
+    assert sum("not ints" in note for note in run.notes) == 1
+
+
 SLOW_EXIT_S = 0.6
 
 
