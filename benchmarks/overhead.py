@@ -83,8 +83,9 @@ def _workloads(quick: bool) -> list[dict[str, Any]]:
         ]
     return [
         {"name": "no work", "n": 4096, "cost_ms": 0.0, "reps": 31},  # a pass: ~30 ms
-        {"name": "0.1 ms/sample", "n": 4096, "cost_ms": 0.1, "reps": 11},
-        {"name": "1 ms/sample", "n": 1024, "cost_ms": 1.0, "reps": 5},
+        {"name": "0.1 ms/sample", "n": 4096, "cost_ms": 0.1, "reps": 15},
+        {"name": "1 ms/sample", "n": 1024, "cost_ms": 1.0, "reps": 9},  # with 2 workers
+        # a pass is 0.7 s, and one slow worker wake-up moves it by 5%
     ]
 
 

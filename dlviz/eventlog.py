@@ -60,8 +60,12 @@ clock = time.perf_counter_ns
 current_batch = -1
 
 
+_Fetches = tuple[int, list[Any], list[int], list[int], int]
+"""One batch's fetches in the main process: the arguments of :meth:`EventLog.note_fetches`."""
+
+
 class EventLog:
-    """One shared-memory region per worker, and a Python list for the main process.
+    """One shared-memory region per worker, and Python lists for the main process.
 
     The object travels to the workers inside dlviz's dataset wrapper (forked, or
     pickled under spawn/forkserver: torch moves the tensor to shared memory and
@@ -76,7 +80,7 @@ class EventLog:
             self.buffer.share_memory_()
         self.view: memoryview | None = None  # a worker's view of the buffer, once attached
         self.local = False  # attached in the main process: records go to self.main
-        self.main: list[Any] = []  # the main process's records, FIELDS items each
+        self.main: list[list[int] | _Fetches] = []  # the main process's records
         self.main_overflowed = False
         self.pos = 0  # where this process writes its next record (in int64s)
         self._start = self._end = 0  # a worker's region
@@ -94,7 +98,7 @@ class EventLog:
 
     # --- writing (in whichever process fetches) ---
     def attach(self, worker: int) -> None:
-        """Start writing: to ``worker``'s region, or (-1) to the main process's list."""
+        """Start writing: to ``worker``'s region, or (-1) to the main process's lists."""
         if worker < 0:
             self.local, self.pos, self._end = True, 0, self.capacity * FIELDS
             return
@@ -143,7 +147,7 @@ class EventLog:
         pos = self.pos
         self.pos = pos + FIELDS
         if self.local:
-            self.main += (code, batch, value, at)
+            self.main.append([code, batch, value, at])
             return
         view = self.view
         assert view is not None
@@ -174,18 +178,9 @@ class EventLog:
         """In the main process: log a batch's fetches once they are over (callers check
         :meth:`room` as for :meth:`lay_out_fetches`). ``times``: the start of each
         fetch made; ``nones``: positions that returned None; ``raised_at``: when the
-        last fetch raised (0: none did). An index is kept as the sampler gave it (it
-        becomes an int64, or -1, when the log is read)."""
-        made = len(times)
-        records = [FETCH, batch, 0, 0] * made
-        records[2::FIELDS] = indices if made == len(indices) else indices[:made]
-        records[TIME::FIELDS] = times
-        for k in nones:
-            records[k * FIELDS] = NONE
-        if raised_at:
-            records += (RAISED, batch, indices[made - 1] if made else -1, raised_at)
-        self.main += records
-        self.pos += len(records)
+        last fetch raised (0: none did)."""
+        self.main.append((batch, indices, times, nones, raised_at))
+        self.pos += (len(times) + bool(raised_at)) * FIELDS
 
     def set_code_of_last(self, code: int) -> None:
         """Change the code of the last record (a fetch turns out to have returned None)."""
@@ -197,7 +192,9 @@ class EventLog:
 
     def _set_in_last(self, field: int, value: int) -> None:
         if self.local:
-            self.main[field - FIELDS] = value
+            last = self.main[-1]
+            assert isinstance(last, list)
+            last[field] = value
         else:
             self.view[self.pos - FIELDS + field] = value  # type: ignore[index]
 
@@ -222,9 +219,28 @@ class EventLog:
             if stop:
                 out.append((worker, int(header[1]), bool(header[0]), records[:stop].copy()))
         if self.main:
-            records = np.frombuffer(_int64s(self.main), dtype=np.int64).reshape(-1, FIELDS)
-            out.append((-1, os.getpid(), self.main_overflowed, records))
+            out.append((-1, os.getpid(), self.main_overflowed, _main_records(self.main)))
         return out
+
+
+def _main_records(entries: list[list[int] | _Fetches]) -> np.ndarray:
+    """The main process's records as one (n, 4) array, each batch's fetches laid out."""
+    flat: list[Any] = []
+    for entry in entries:
+        if isinstance(entry, list):
+            flat += entry
+            continue
+        batch, indices, times, nones, raised_at = entry
+        made = len(times)
+        records = [FETCH, batch, 0, 0] * made
+        records[2::FIELDS] = indices if made == len(indices) else indices[:made]
+        records[TIME::FIELDS] = times
+        for k in nones:
+            records[k * FIELDS] = NONE
+        if raised_at:
+            records += (RAISED, batch, indices[made - 1] if made else -1, raised_at)
+        flat += records
+    return np.frombuffer(_int64s(flat), dtype=np.int64).reshape(-1, FIELDS)
 
 
 def _int64s(indices: list[Any]) -> array.array[int]:
