@@ -6,7 +6,7 @@ sample raises, when the OOM killer ends the worker, when a fetch hangs. dlviz
 therefore writes worker events straight into shared memory as they happen: one
 region of int64 records per worker. The main process reads the regions after the
 run, whatever happened to the workers. When ``num_workers=0`` the main process
-fetches itself; nothing there outlives it, so its records go to a Python list,
+fetches itself; nothing there outlives it, so its records go to Python lists,
 cheaper to append to than shared memory is to write.
 
 A record is four int64: ``(code, batch, value, time_ns)``. ``time_ns`` is written
