@@ -243,17 +243,17 @@ def _main_records(entries: list[list[int] | _Fetches]) -> np.ndarray:
     return np.frombuffer(_int64s(flat), dtype=np.int64).reshape(-1, FIELDS)
 
 
-def _int64s(indices: list[Any]) -> array.array[int]:
-    """Indices as int64 (one that is not an int, or too big: -1)."""
+def _int64s(values: list[Any]) -> array.array[int]:
+    """Values as int64; one that is not an int (a sampler's key), or too big: -1."""
     try:
-        return array.array("q", indices)
+        return array.array("q", values)
     except (TypeError, ValueError, OverflowError):
-        return array.array("q", map(_int_or_minus_one, indices))
+        return array.array("q", map(_int_or_minus_one, values))
 
 
-def _int_or_minus_one(index: Any) -> int:
+def _int_or_minus_one(value: Any) -> int:
     try:
-        value: int = array.array("q", (index,))[0]
+        converted: int = array.array("q", (value,))[0]
     except (TypeError, ValueError, OverflowError):
         return -1
-    return value
+    return converted

@@ -477,8 +477,9 @@ class _Epoch:
     def now(self) -> int:
         return clock() - self.origin
 
-    def mark(self, kind: str, worker: int, seq: int) -> None:
-        t = clock()
+    def mark(self, kind: str, worker: int, seq: int, at: int | None = None) -> None:
+        """An instant on the timeline, at ``at`` (absolute clock) or now."""
+        t = clock() if at is None else at
         self.marks.append((kind, worker, seq, -1, t, t, ""))
 
     # --- hooks (called from the sampler side and torch's iterator) ---
@@ -525,8 +526,7 @@ class _Epoch:
         if seq < 0 or seq in self.resolved:
             return
         self.resolved[seq] = fate
-        t = clock() if at is None else at
-        self.marks.append((_FATE_MARKS.get(fate, fate), worker, seq, -1, t, t, ""))
+        self.mark(_FATE_MARKS.get(fate, fate), worker, seq, at)
 
     def error(self, exc: BaseException) -> str:
         """Note an error the loop saw; returns its kind."""
