@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
 import torch
+from deadline import Hung, deadline
 from torch.utils.data import (
     DataLoader,
     DistributedSampler,
@@ -512,22 +513,50 @@ def test_exception_try_around_next_loses_one_batch(num_workers: int) -> None:
         assert err.worker == -1  # the main process
 
 
+def loop_around_a_crash(make: Callable[[], DataLoader[Any]]
+                        ) -> tuple[list[int], list[BaseException]]:
+    """:func:`loop_try_around_next` over a loader whose worker dies, tried up to 3 times.
+
+    A plain DataLoader has a race here that has nothing to do with the fact tested:
+    torch's SIGCHLD handler raises "worker exited unexpectedly" in the main thread the
+    moment the worker dies, wherever that thread is. If it is receiving another
+    worker's batch just then, that batch is lost half-read and the loop then waits for
+    it forever (seen with gdb: the main process polling torch's result queue, the live
+    worker idle; the live worker printing ``ConnectionResetError`` from its
+    resource_sharer); or a ``Connection*Error`` surfaces instead of the RuntimeError.
+    Such a try runs into a deadline or shows a foreign error, and is tried again.
+    (dlviz's own loop takes its workers off that handler: tests/test_reliability.py.)
+    """
+    errors: list[BaseException] = []
+    for _ in range(3):
+        try:
+            with deadline(30):
+                seen, errors = loop_try_around_next(make())
+        except Hung:
+            continue
+        if errors and all(isinstance(e, RuntimeError) for e in errors):
+            return seen, errors
+    pytest.fail(f"3 tries of a plain loop over a crashing worker all met torch's race: "
+                f"last errors {[repr(e)[:80] for e in errors]}")
+
+
 @pytest.mark.parametrize(("prefetch_factor", "expected"), [(2, 936), (4, 872)])
 def test_crashed_worker_loses_its_in_flight_batches(prefetch_factor: int,
                                                     expected: int) -> None:
     """A worker killed abruptly, caught and continued: its in-flight batches are
     skipped (936 seen with prefetch 2, 872 with prefetch 4; 2 workers).
 
-    ``cost_ms=1`` keeps torch deterministic: without it the dying worker can still
-    be sending its previous batch, and torch then loses an extra batch to a
-    ``ConnectionRefusedError`` or hangs on the half-written result queue.
+    The worker dies on the last index of batch 15, 31 fetches (93 ms at ``cost_ms=3``)
+    after it finished batch 13, time for the main process to take batch 13 in: if it
+    has not, that batch is lost too (lesson 3 shows it with dlviz). Stressed beside two
+    CPU-burning processes, plain torch also hung here now and then, with any margin:
+    see :func:`loop_around_a_crash`.
     """
     def make() -> DataLoader[Any]:
-        return loader(SyntheticDataset(N, crash_at=[500], cost_ms=1.0), num_workers=2,
+        return loader(SyntheticDataset(N, crash_at=[511], cost_ms=3.0), num_workers=2,
                       prefetch_factor=prefetch_factor)
-    seen, errors = loop_try_around_next(make())
+    seen, errors = loop_around_a_crash(make)  # its errors are all RuntimeErrors
     assert len(seen) == expected, [str(e)[:80] for e in errors]
-    assert errors and all(isinstance(e, RuntimeError) for e in errors)
     assert "exited unexpectedly" in str(errors[0]) or "killed by signal" in str(errors[0])
     # worker 1 held batches 15, 17, ... (prefetch_factor of them): all lost
     lost_batches = [15 + 2 * k for k in range(prefetch_factor)]
