@@ -10,4 +10,3 @@ def cpu_stall_us() -> int | None:
             return int(f.readline().rsplit("total=", 1)[1])
     except (OSError, IndexError, ValueError):
         return None
-

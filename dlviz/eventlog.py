@@ -233,7 +233,7 @@ def _main_records(entries: list[list[int] | _Fetches]) -> np.ndarray:
         batch, indices, times, nones, raised_at = entry
         made = len(times)
         records = [FETCH, batch, 0, 0] * made
-        records[2::FIELDS] = indices if made == len(indices) else indices[:made]
+        records[2::FIELDS] = indices[:made]
         records[TIME::FIELDS] = times
         for k in nones:
             records[k * FIELDS] = NONE
