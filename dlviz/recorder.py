@@ -533,7 +533,7 @@ class _Epoch:
         t = self.now()
         message = str(exc)
         it = self.iterator
-        self._lose_current()
+        self.lose_current()
         died = _DIED.search(message)
         if died:
             pids = [int(p) for p in died.group(1).replace(" ", "").split(",") if p]
@@ -565,8 +565,9 @@ class _Epoch:
                                        t, message))
         return "exception"
 
-    def _lose_current(self) -> None:
-        """The batch torch was handing out never reached the loop: delivered -> lost."""
+    def lose_current(self) -> None:
+        """The batch torch was handing out never reached the loop (an error or a Ctrl-C
+        landed before ``next()`` returned it): delivered -> lost."""
         if self.current is None or self.resolved.get(self.current[0]) != "delivered":
             return
         seq = self.current[0]
@@ -663,27 +664,25 @@ class TracedIterator:
         epoch.current = None
         try:
             batch = next(self.torch_iter)
+            end = clock()
+            if epoch.current is None:  # num_workers=0: the batch just fetched is handed out
+                epoch.current = (epoch.last_drawn, MAIN, False)
+                epoch.resolve(epoch.last_drawn, "delivered", MAIN, at=end)
         except StopIteration:  # the wait ends where torch began to stop its workers
             end = getattr(self.torch_iter, "_dlviz_shutdown_at", None) or clock()
             epoch.marks.append(("wait", MAIN, -1, -1, start, max(start, end), "ok"))
             self._end("exhausted")
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a Ctrl-C before the batch was returned: it is lost
             epoch.marks.append(("wait", MAIN, -1, -1, start, clock(), "raised"))
+            epoch.lose_current()
             self._end("interrupt")
             raise
         except Exception as exc:
             epoch.marks.append(("wait", MAIN, -1, -1, start, clock(), "raised"))
             epoch.error(exc)
             raise
-        end = clock()
-        current = epoch.current
-        if current is None:  # num_workers=0: the batch just fetched is resolved here
-            seq = epoch.last_drawn
-            epoch.resolve(seq, "delivered", MAIN, at=end)
-        else:
-            seq = current[0]
-        epoch.marks.append(("wait", MAIN, seq, -1, start, end, "ok"))
+        epoch.marks.append(("wait", MAIN, epoch.current[0], -1, start, end, "ok"))
         return batch
 
     def finish(self, stop: str = "break") -> Run:

@@ -14,8 +14,9 @@ pattern, worker count and start method:
 - worker deaths at the worst moments: while another worker's batch is being
   received, while holding the result queue's write lock, during a record in a
   background thread (as the explorer runs it);
-- KeyboardInterrupt during ``record`` and during a traced loop (in ``next()``, in
-  the loop's body, while workers start, while a worker hangs with no timeout);
+- KeyboardInterrupt during ``record`` and during a traced loop (in ``next()``, while
+  ``next()`` hands a batch over, in the loop's body, while workers start, while a
+  worker hangs with no timeout);
 - a soak of 1000 ``record`` calls: no growth in processes, descriptors or memory.
 
 fork runs the whole matrix; forkserver (its server preloads torch) the whole of it
@@ -449,6 +450,53 @@ def test_interrupt_traced_loop_in_next() -> None:
     run = traced.run
     check_interrupted(run, n, before)
     assert run.summary()["deliveries"] == seen
+
+
+class InterruptingSampler(torch.utils.data.Sampler[int]):
+    """Sequential, but sends this process a real SIGINT as it hands out index ``at``.
+
+    With workers, torch asks the sampler for more indices inside ``next()``, after
+    it has taken a batch off the result queue and before it returns it: the
+    Ctrl-C lands in that window every time instead of once in a few thousand."""
+
+    def __init__(self, n: int, at: int) -> None:
+        self.n, self.at = n, at
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        for index in range(self.n):
+            if index == self.at:
+                signal.raise_signal(signal.SIGINT)
+            yield index
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_interrupt_while_next_hands_out_a_batch(workers: int) -> None:
+    """Ctrl-C after torch took a batch off the queue but before ``next()`` returned
+    it: the loop never gets that batch, and the Run says it was lost, not delivered.
+    (With no workers the sampler runs before the fetch: nothing is lost.)"""
+    n, bs, at = 400, 4, 40
+    # with workers, index 40 is drawn (2 batches prefetched per worker) while this
+    # batch is handed out; without, while batch 40 // bs is started
+    handed_out = at // bs - 2 * workers
+    loader = DataLoader(SyntheticDataset(n), batch_size=bs, num_workers=workers,
+                        sampler=InterruptingSampler(n, at))
+    before = live_processes()
+    traced = dlviz.trace(loader)
+    seen: list[int] = []
+    with deadline(15), pytest.raises(KeyboardInterrupt):
+        for batch in traced:
+            seen += batch.tolist()
+    run = traced.run
+    check_interrupted(run, n, before)
+    assert seen == list(range(handed_out * bs))
+    assert run.summary()["deliveries"] == len(seen)
+    lost = [e.batch for e in run.events if e.kind == "lost"]
+    assert lost == ([handed_out] if workers else [])
+    assert {run.fate(i) for i in range(handed_out * bs, (handed_out + 1) * bs)} == (
+        {"failed"} if workers else {"never_sampled"})
 
 
 def test_interrupt_traced_loop_in_body() -> None:
