@@ -662,18 +662,23 @@ class TracedIterator:
             raise StopIteration
         start = clock()  # your step ran from the last wait's end to here (see build_run)
         epoch.current = None
-        try:
+        waited = None
+        try:  # everything up to ``return``, so a Ctrl-C anywhere before it is seen here
             batch = next(self.torch_iter)
             end = clock()
             if epoch.current is None:  # num_workers=0: the batch just fetched is handed out
                 epoch.current = (epoch.last_drawn, MAIN, False)
                 epoch.resolve(epoch.last_drawn, "delivered", MAIN, at=end)
+            waited = ("wait", MAIN, epoch.current[0], -1, start, end, "ok")
+            epoch.marks.append(waited)
         except StopIteration:  # the wait ends where torch began to stop its workers
             end = getattr(self.torch_iter, "_dlviz_shutdown_at", None) or clock()
             epoch.marks.append(("wait", MAIN, -1, -1, start, max(start, end), "ok"))
             self._end("exhausted")
             raise
         except KeyboardInterrupt:  # a Ctrl-C before the batch was returned: it is lost
+            if waited is not None and epoch.marks[-1] is waited:
+                epoch.marks.pop()
             epoch.marks.append(("wait", MAIN, -1, -1, start, clock(), "raised"))
             epoch.lose_current()
             self._end("interrupt")
@@ -682,7 +687,6 @@ class TracedIterator:
             epoch.marks.append(("wait", MAIN, -1, -1, start, clock(), "raised"))
             epoch.error(exc)
             raise
-        epoch.marks.append(("wait", MAIN, epoch.current[0], -1, start, end, "ok"))
         return batch
 
     def finish(self, stop: str = "break") -> Run:
