@@ -678,7 +678,7 @@ class TracedIterator:
             raise
         except KeyboardInterrupt:  # a Ctrl-C before the batch was returned: it is lost
             if waited is not None and epoch.marks[-1] is waited:
-                epoch.marks.pop()
+                epoch.marks.pop()  # the wait had ended, but the loop never got the batch
             epoch.marks.append(("wait", MAIN, -1, -1, start, clock(), "raised"))
             epoch.lose_current()
             self._end("interrupt")

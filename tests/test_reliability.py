@@ -458,7 +458,7 @@ class InterruptingSampler(torch.utils.data.Sampler[int]):
 
     With workers, torch asks the sampler for more indices inside ``next()``, after
     it has taken a batch off the result queue and before it returns it: the
-    Ctrl-C lands in that window every time instead of once in a few thousand."""
+    Ctrl-C lands in that window every time instead of now and then."""
 
     def __init__(self, n: int, at: int) -> None:
         self.n, self.at = n, at
