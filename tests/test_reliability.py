@@ -42,7 +42,7 @@ from typing import Any
 import psutil
 import pytest
 import torch
-from conftest import worker_children
+from conftest import descriptors_gained, open_descriptors, worker_children
 from deadline import deadline
 from faulty import (
     BrokenOnUnpickle,
@@ -575,6 +575,7 @@ def test_soak_1000_records() -> None:
     for i in range(100):
         check_ledger(_soak_call(i), 8)
     children, fds, rss = _resources()
+    descriptors = open_descriptors()
     samples = []
     for i in range(100, 1000):
         run = _soak_call(i)
@@ -584,7 +585,8 @@ def test_soak_1000_records() -> None:
     elapsed = time.monotonic() - started
     print(f"soak: 1000 record calls in {elapsed:.1f} s; (children, fds, rss) after warm-up "
           f"{(children, fds, rss)}, then every 100 calls {samples}")
-    end_children, end_fds, end_rss = samples[-1]
+    end_children, _, end_rss = samples[-1]
     assert end_children <= children, samples
-    assert end_fds <= fds, samples
+    leaked = descriptors_gained(descriptors)
+    assert not leaked, (leaked, samples)
     assert end_rss - rss <= 20 * 2**20, f"RSS grew by {(end_rss - rss) / 2**20:.1f} MB"
