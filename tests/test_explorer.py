@@ -624,16 +624,17 @@ def test_300_reruns_leak_nothing(make: Callable[..., Explorer],
             assert run.summary()["dataset_size"] == 48, text(explorer)
             reruns += 1
 
-    def measure() -> tuple[dict[int, str], float, set[int]]:
+    def measure() -> tuple[float, set[int]]:
         explorer.rerun(**CLEAN)
         gc.collect()
-        return open_descriptors(), _rss_mb(), worker_pids()
+        return _rss_mb(), worker_pids()
 
     cycle(20)  # warm-up: fonts, caches, torch's shared memory, the first forks
-    fds, rss, children = measure()
+    rss, children = measure()
+    fds = open_descriptors()
     assert children == set()
     cycle(280)
-    _, rss_after, children_after = measure()
+    rss_after, children_after = measure()
     assert children_after == set(), f"worker processes left alive: {children_after}"
     leaked = descriptors_gained(fds)
     assert not leaked, f"{len(leaked)} file descriptors leaked: {leaked}"
