@@ -22,16 +22,29 @@ mid-batch leaves the fetches it started, the last one unfinished. The main
 process notes a batch's start times in a list and logs them when the batch ends.
 See ``benchmarks/overhead.py`` for what this costs.
 
+A region holds at most :data:`REGION_RECORDS` records (4 MiB). When a worker's
+region is full it *spills*: it appends the region's records to a file of its own
+(``<tmp>/dlviz-<pid>-<log>/w<worker>-p<pass>.bin``, flushed at once, so a worker
+that dies later loses nothing) and starts the region again. Shared memory stays
+bounded (4 MiB per worker) and no event is lost however long the pass: the disk
+holds 32 bytes per event beyond the first 4 MiB (320 MB for a 10M-sample pass).
+The main process reads a region's spill file, then the region.
+
 Persistent workers keep their regions from pass to pass: when a new pass starts,
-the main process (having read the last one) counts up a number in each region's
-header, and each worker empties its region before it logs anything more.
+the main process (having copied the last one, :meth:`EventLog.regions`) counts up
+a number in each region's header, and each worker empties its region before it
+logs anything more.
 """
 
 from __future__ import annotations
 
 import array
+import itertools
 import os
+import shutil
+import tempfile
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -52,16 +65,19 @@ HEADER = 1  # record 0 of a region: (overflowed, pid, pass, 0)
 PASS = 2  # the header field where the main process announces a new pass
 TIME = 3  # the field written last
 
+REGION_RECORDS = 2**17
+"""The most records a worker's region holds before it spills to its file (4 MiB)."""
+
 clock = time.perf_counter_ns
+_numbers = itertools.count()
 
-# The batch this process is working on. DataLoader's fetcher never tells the
-# dataset which batch it is serving, so dlviz's batch object announces itself
-# here when a worker starts on it (see ``trace._Batch``). One process, one value.
-current_batch = -1
-
-
-_Fetches = tuple[int, list[Any], list[int], list[int], int]
+_Fetches = tuple[int, Any, Any, list[int], int]
 """One batch's fetches in the main process: the arguments of :meth:`EventLog.note_fetches`."""
+
+
+def _remove_dir(path: str, owner: int) -> None:
+    if os.getpid() == owner:  # never from a forked worker that inherited the log
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class EventLog:
@@ -74,10 +90,16 @@ class EventLog:
 
     def __init__(self, num_workers: int, capacity: int) -> None:
         self.num_workers = num_workers
-        self.capacity = capacity  # records per region
-        self.buffer = torch.zeros(num_workers * (capacity + HEADER) * FIELDS, dtype=torch.int64)
+        self.capacity = min(capacity, REGION_RECORDS)  # records per region
+        size = num_workers * (self.capacity + HEADER) * FIELDS
+        self.buffer = torch.zeros(size, dtype=torch.int64)
         if num_workers > 0:  # workers write into it: shared memory
             self.buffer.share_memory_()
+        # where full regions spill (made by the first worker that needs it)
+        self.spill_dir = os.path.join(tempfile.gettempdir(),
+                                      f"dlviz-{os.getpid()}-{next(_numbers)}")
+        weakref.finalize(self, _remove_dir, self.spill_dir, os.getpid())
+        self._spill: Any = None  # a worker's open spill file
         self.view: memoryview | None = None  # a worker's view of the buffer, once attached
         self.local = False  # attached in the main process: records go to self.main
         self.main: list[list[int] | _Fetches] = []  # the main process's records
@@ -89,18 +111,19 @@ class EventLog:
     # --- pickling: only the shared tensor travels, never a process's position ---
     def __getstate__(self) -> dict[str, Any]:
         return {"num_workers": self.num_workers, "capacity": self.capacity,
-                "buffer": self.buffer}
+                "buffer": self.buffer, "spill_dir": self.spill_dir}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.view, self.local, self.main, self.main_overflowed = None, False, [], False
         self.pos, self._start, self._end, self._pass = 0, 0, 0, 0
+        self._spill = None
 
     # --- writing (in whichever process fetches) ---
     def attach(self, worker: int) -> None:
         """Start writing: to ``worker``'s region, or (-1) to the main process's lists."""
-        if worker < 0:
-            self.local, self.pos, self._end = True, 0, self.capacity * FIELDS
+        if worker < 0:  # the main process's lists grow as needed (16 bytes a fetch)
+            self.local, self.pos, self._end = True, 0, 2**62
             return
         stride = (self.capacity + HEADER) * FIELDS
         self.view = memoryview(self.buffer.numpy()).cast("B").cast("q")  # type: ignore[arg-type]
@@ -109,6 +132,8 @@ class EventLog:
         self._pass = self.view[start + PASS]
         self.pos = start + HEADER * FIELDS
         self.view[start + 1] = os.getpid()
+        self.worker = worker
+        self._spill = None
 
     def new_pass(self) -> None:
         """In the main process, once the last pass's Run is built: tell persistent workers
@@ -123,6 +148,24 @@ class EventLog:
         self.view[self._start] = 0  # not overflowed
         self._pass = self.view[self._start + PASS]
         self.pos = self._start + HEADER * FIELDS
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+
+    def _spill_path(self, worker: int, pass_number: int) -> str:
+        return os.path.join(self.spill_dir, f"w{worker}-p{pass_number}.bin")
+
+    def _spill_region(self) -> None:
+        """In a worker whose region is full: append its records to the spill file, then
+        start the region again."""
+        assert self.view is not None
+        first = self._start + HEADER * FIELDS
+        if self._spill is None:
+            os.makedirs(self.spill_dir, exist_ok=True)
+            self._spill = open(self._spill_path(self.worker, self._pass), "ab", buffering=0)
+        self._spill.write(self.view[first:self.pos])
+        self.buffer.numpy()[first:self.pos] = 0
+        self.pos = first
 
     @property
     def attached(self) -> bool:
@@ -138,6 +181,9 @@ class EventLog:
             return True
         if self.local:
             self.main_overflowed = True
+        elif records < self.capacity:
+            self._spill_region()
+            return True
         else:
             self.view[self._end - (self.capacity + HEADER) * FIELDS] = 1  # type: ignore[index]
         return False
@@ -179,7 +225,8 @@ class EventLog:
         :meth:`room` as for :meth:`lay_out_fetches`). ``times``: the start of each
         fetch made; ``nones``: positions that returned None; ``raised_at``: when the
         last fetch raised (0: none did)."""
-        self.main.append((batch, indices, times, nones, raised_at))
+        self.main.append((batch, _int64s(indices[:len(times)]), array.array("q", times),
+                          nones, raised_at))
         self.pos += (len(times) + bool(raised_at)) * FIELDS
 
     def set_code_of_last(self, code: int) -> None:
@@ -203,6 +250,16 @@ class EventLog:
         self.buffer.zero_()
         self.view, self.local, self.main, self.main_overflowed = None, False, [], False
         self.pos = 0
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+    def forget_pass(self) -> None:
+        """In the main process, once a pass's records are copied: remove its spill files."""
+        if os.path.isdir(self.spill_dir):
+            table = self.buffer.numpy().reshape(self.num_workers, self.capacity + HEADER, FIELDS)
+            for worker in range(self.num_workers):
+                path = self._spill_path(worker, int(table[worker, 0, PASS]))
+                if os.path.exists(path):
+                    os.remove(path)
 
     # --- reading (main process) ---
     def regions(self) -> list[tuple[int, int, bool, np.ndarray]]:
@@ -214,33 +271,101 @@ class EventLog:
         out = []
         for worker in range(self.num_workers):
             header, records = table[worker, 0], table[worker, HEADER:]
-            times = records[:, TIME]
-            stop = int(np.argmin(times != 0)) if times[-1] == 0 else len(times)
-            if stop:
-                out.append((worker, int(header[1]), bool(header[0]), records[:stop].copy()))
+            records = records[:_complete(records)].copy()
+            spilled = self._spill_path(worker, int(header[PASS]))
+            if os.path.exists(spilled):  # what the region held before, in order
+                earlier = np.fromfile(spilled, dtype=np.int64)
+                earlier = earlier[:len(earlier) // FIELDS * FIELDS].reshape(-1, FIELDS)
+                records = np.concatenate([earlier[:_complete(earlier)], records])
+            if len(records):
+                out.append((worker, int(header[1]), bool(header[0]), records))
         if self.main:
             out.append((-1, os.getpid(), self.main_overflowed, _main_records(self.main)))
         return out
 
 
+    def last_record(self, worker: int) -> Any:
+        """The last complete record of ``worker``'s region (its spill file's, if the
+        region was just emptied), without copying the region."""
+        table = self.buffer.numpy().reshape(self.num_workers, self.capacity + HEADER, FIELDS)
+        if not 0 <= worker < self.num_workers:
+            return None
+        records = table[worker, HEADER:]
+        n = _complete(records)
+        if n:
+            return records[n - 1].copy()
+        spilled = self._spill_path(worker, int(table[worker, 0, PASS]))
+        if os.path.exists(spilled) and os.path.getsize(spilled) >= FIELDS * 8:
+            with open(spilled, "rb") as f:
+                f.seek(-FIELDS * 8, os.SEEK_END)
+                return np.frombuffer(f.read(), dtype=np.int64).copy()
+        return None
+
+    def find(self, code: int, batch: int) -> Any:
+        """The last record with this code and batch in any region (the main process's
+        lists included), or None."""
+        table = self.buffer.numpy().reshape(self.num_workers, self.capacity + HEADER, FIELDS)
+        for worker in range(self.num_workers):
+            records = table[worker, HEADER:]
+            hit = np.flatnonzero((records[:, 0] == code) & (records[:, 1] == batch))
+            if len(hit):
+                return records[hit[-1]].copy()
+        if self.main:
+            records = _main_records(self.main[-8:])  # the error is in the last few batches
+            hit = np.flatnonzero((records[:, 0] == code) & (records[:, 1] == batch))
+            if len(hit):
+                return records[hit[-1]].copy()
+        for _worker, _pid, _over, records in self.regions():  # spilled since: read it all
+            hit = np.flatnonzero((records[:, 0] == code) & (records[:, 1] == batch))
+            if len(hit):
+                return records[hit[-1]].copy()
+        return None
+
+
+def _complete(records: np.ndarray) -> int:
+    """How many records, from the first, are complete (have a time)."""
+    times = records[:, TIME]
+    return int(np.argmin(times != 0)) if len(times) and times[-1] == 0 else len(times)
+
+
 def _main_records(entries: list[list[int] | _Fetches]) -> np.ndarray:
-    """The main process's records as one (n, 4) array, each batch's fetches laid out."""
-    flat: list[Any] = []
-    for entry in entries:
-        if isinstance(entry, list):
-            flat += entry
-            continue
-        batch, indices, times, nones, raised_at = entry
-        made = len(times)
-        records = [FETCH, batch, 0, 0] * made
-        records[2::FIELDS] = indices[:made]
-        records[TIME::FIELDS] = times
-        for k in nones:
-            records[k * FIELDS] = NONE
-        if raised_at:
-            records += (RAISED, batch, indices[made - 1] if made else -1, raised_at)
-        flat += records
-    return np.frombuffer(_int64s(flat), dtype=np.int64).reshape(-1, FIELDS)
+    """The main process's records as one (n, 4) array, each batch's fetches laid out
+    where the batch ended (column by column: no Python object per fetch)."""
+    singles = [k for k, e in enumerate(entries) if isinstance(e, list)]
+    fetches = [e for e in entries if not isinstance(e, list)]
+    size = np.ones(len(entries), dtype=np.int64)
+    made = np.array([len(e[2]) for e in fetches], dtype=np.int64)
+    raised = np.array([bool(e[4]) for e in fetches], dtype=bool)
+    is_fetch = np.ones(len(entries), dtype=bool)
+    is_fetch[singles] = False
+    size[is_fetch] = made + raised
+    first = np.cumsum(size) - size  # each entry's first row
+    out = np.empty((int(size.sum()), FIELDS), dtype=np.int64)
+    if singles:
+        out[first[singles]] = np.array([entries[k] for k in singles], dtype=np.int64)
+    if fetches:
+        start = first[is_fetch]
+        rows = np.repeat(start - (np.cumsum(made) - made), made) + np.arange(int(made.sum()))
+        out[rows, 0] = FETCH
+        out[rows, 1] = np.repeat([e[0] for e in fetches], made)
+        out[rows, 2] = np.frombuffer(_join(e[1] for e in fetches), dtype=np.int64)
+        out[rows, TIME] = np.frombuffer(_join(e[2] for e in fetches), dtype=np.int64)
+        for row, entry in zip(start.tolist(), fetches):
+            for k in entry[3]:
+                out[row + k, 0] = NONE
+        last = start[raised] + made[raised]
+        out[last, 0] = RAISED
+        out[last, 1] = [e[0] for e, r in zip(fetches, raised) if r]
+        out[last, 2] = [e[1][-1] if len(e[1]) else -1 for e, r in zip(fetches, raised) if r]
+        out[last, TIME] = [e[4] for e, r in zip(fetches, raised) if r]
+    return out
+
+
+def _join(parts: Any) -> array.array[int]:
+    joined = array.array("q")
+    for part in parts:
+        joined += part
+    return joined
 
 
 def _int64s(values: list[Any]) -> array.array[int]:

@@ -12,18 +12,25 @@ read by several workers). Each occurrence has exactly one fate:
 
 and an index with no occurrence at all is ``never_sampled``. An index's fate is
 the best fate among its occurrences, in the order of :data:`FATES`.
-Lessons 1-7 read these fates; :func:`summarize` gives the counts.
+Lessons 1-7 read these fates. :func:`compute` makes a :class:`Ledger` once per
+Run (numpy, no Python object per index); ``Run.summary()`` and ``Run.fate(i)``
+read it, so a loop over a million indices stays cheap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from dlviz.table import Table
 
 FATES = ("delivered", "failed", "filtered", "in_flight", "dropped", "never_sampled")
 """Fates from best to worst: an index takes the first fate any occurrence reached."""
 
 RANK = {fate: rank for rank, fate in enumerate(FATES)}
+NEVER = RANK["never_sampled"]
 
 SUMMARY_KEYS = (
     "dataset_size", "sampled", "delivered", "deliveries", "duplicated",
@@ -40,44 +47,86 @@ class Occurrence(NamedTuple):
     rank: int = 0  # distributed rank (see merge_runs)
 
 
-def fates_by_index(universe: Iterable[int], occurrences: Iterable[Occurrence]) -> dict[int, str]:
-    """Each index's best fate; indices of ``universe`` never produced are ``never_sampled``."""
-    best: dict[int, int] = dict.fromkeys(universe, RANK["never_sampled"])
-    for occ in occurrences:
-        rank = RANK[occ.fate]
-        if rank < best.get(occ.index, len(FATES)):
-            best[occ.index] = rank
-    return {index: FATES[rank] for index, rank in best.items()}
+class Occurrences(Table):
+    """Every occurrence of a run, in columns (see :class:`Occurrence`)."""
+
+    Row = Occurrence
+    fields = Occurrence._fields
+    dtypes = {"index": np.int64, "batch": np.int64, "fate": np.int8, "rank": np.int32}
+    names = {"fate": FATES}
+    __slots__ = ()
 
 
-def summarize(universe: Sequence[int], occurrences: Sequence[Occurrence]) -> dict[str, int]:
-    """The counts of a run: unique indices per fate, plus occurrence totals.
+@dataclass(frozen=True)
+class Ledger:
+    """Each index's best fate and delivery count, computed once per Run (vectorised).
 
-    ``delivered``, ``failed``, ... count *unique indices* by their best fate, so
-    they add up to ``dataset_size`` (plus any index outside the universe).
-    ``deliveries`` counts delivered occurrences and ``duplicated`` counts indices
-    delivered more than once.
+    Positions ``0..n-1`` are the universe: indices ``0..dataset_size-1``, or a
+    stream's keys in sorted order (``keys``); indices outside it (an occurrence
+    of an index the dataset does not have) follow, in ``outside``.
     """
-    fates = fates_by_index(universe, occurrences)
-    counts = dict.fromkeys(FATES, 0)
-    for fate in fates.values():
-        counts[fate] += 1
-    delivered_times: dict[int, int] = {}
-    for occ in occurrences:
-        if occ.fate == "delivered":
-            delivered_times[occ.index] = delivered_times.get(occ.index, 0) + 1
-    return {
-        "dataset_size": len(universe),
-        "sampled": len({occ.index for occ in occurrences}),
-        "delivered": counts["delivered"],
-        "deliveries": sum(delivered_times.values()),
-        "duplicated": sum(1 for times in delivered_times.values() if times > 1),
-        "dropped": counts["dropped"],
-        "failed": counts["failed"],
-        "filtered": counts["filtered"],
-        "in_flight": counts["in_flight"],
-        "never_sampled": counts["never_sampled"],
+
+    keys: np.ndarray | None  # sorted universe keys; None: 0..size-1
+    size: int
+    outside: np.ndarray  # sorted indices outside the universe
+    best: np.ndarray  # int8 rank in FATES, per position
+    deliveries: np.ndarray  # int32 delivered occurrences, per position
+    summary: dict[str, int] = field(compare=False)
+
+    def position(self, index: int) -> int:
+        """Where ``index`` sits (-1: nowhere)."""
+        if self.keys is None:
+            if 0 <= index < self.size:
+                return index
+        else:
+            k = int(np.searchsorted(self.keys, index))
+            if k < self.size and self.keys[k] == index:
+                return k
+        k = int(np.searchsorted(self.outside, index))
+        if k < len(self.outside) and self.outside[k] == index:
+            return self.size + k
+        return -1
+
+    def index_at(self) -> np.ndarray:
+        """The index (or key) of every position."""
+        inside = np.arange(self.size, dtype=np.int64) if self.keys is None else self.keys
+        return np.concatenate([inside, self.outside])
+
+
+def compute(size: int, keys: Any, occurrences: Occurrences) -> Ledger:
+    """The ledger of ``size`` indices (or ``keys``) from a run's occurrences."""
+    index, fate = occurrences.column("index"), occurrences.column("fate")
+    sorted_keys = None if keys is None else np.unique(np.asarray(keys, dtype=np.int64))
+    if sorted_keys is not None:
+        size = len(sorted_keys)
+        pos = np.searchsorted(sorted_keys, index)
+        inside = pos < size
+        inside[inside] = sorted_keys[pos[inside]] == index[inside]
+    else:
+        pos = index.copy()
+        inside = (index >= 0) & (index < size)
+    outside = np.unique(index[~inside])
+    pos[~inside] = size + np.searchsorted(outside, index[~inside])
+    total = size + len(outside)
+    best = np.full(total, NEVER, dtype=np.int8)
+    np.minimum.at(best, pos, fate)
+    delivered = fate == RANK["delivered"]
+    deliveries = np.bincount(pos[delivered], minlength=total).astype(np.int32)
+    counts = np.bincount(best, minlength=len(FATES))
+    summary = {
+        "dataset_size": size,
+        "sampled": int((best < NEVER).sum()),
+        "delivered": int(counts[RANK["delivered"]]),
+        "deliveries": int(delivered.sum()),
+        "duplicated": int((deliveries > 1).sum()),
+        "dropped": int(counts[RANK["dropped"]]),
+        "failed": int(counts[RANK["failed"]]),
+        "filtered": int(counts[RANK["filtered"]]),
+        "in_flight": int(counts[RANK["in_flight"]]),
+        "never_sampled": int(counts[NEVER]),
     }
+    return Ledger(sorted_keys, size, outside, best, deliveries, summary)
+
 
 FATE_COLORS = {
     "delivered": "#009E73",  # bluish green

@@ -19,29 +19,27 @@ a ledger of every sample's fate. ``record(loader)`` runs the loop for you with a
 chosen error pattern. Lesson 0 introduces both; lesson 7 uses ``trace`` on a
 loader you build yourself.
 
-What the instrumented parts are (all importable, so spawn/forkserver can pickle
-them whenever your own dataset and functions pickle):
+The parts, one module each:
 
-- the sampler side: dlviz draws the batches itself from your sampler exactly as
-  ``BatchSampler`` would, so it also sees the tail that ``drop_last`` throws away;
-  a custom ``batch_sampler`` is used as is. Each batch travels as a :class:`_Batch`
-  that carries its number to the worker;
-- the dataset: a wrapper whose ``__getitems__`` (or ``__iter__`` for an
-  IterableDataset) logs each fetch and calls your dataset;
-- ``collate_fn`` and ``worker_init_fn``: wrappers that log and call yours.
-  Inside a worker, ``get_worker_info().dataset`` is your dataset, not the wrapper.
+- here: the public API (:func:`trace`, :func:`record`), the loop, and the main
+  process's notes of a pass (:class:`_Epoch`). dlviz draws the batches itself
+  from your sampler exactly as ``BatchSampler`` would (:class:`_BatchDrawer`),
+  so it also sees the tail that ``drop_last`` throws away; a custom
+  ``batch_sampler`` is used as is;
+- :mod:`dlviz.worker`: the wrappers that run inside the workers (your dataset,
+  ``collate_fn``, ``worker_init_fn``), public torch API only;
+- :mod:`dlviz.torch_hooks`: torch's multi-worker iterator with dlviz's hooks, and
+  every private torch name dlviz relies on, probed at import;
+- :mod:`dlviz.eventlog`: the shared-memory log the workers write;
+- :mod:`dlviz.assemble`: the notes of one pass, frozen, become a :class:`dlviz.Run`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import multiprocessing
-import multiprocessing.connection
-import os
 import pickle
-import re
 import sys
 import time
 import types
@@ -50,17 +48,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch._utils import ExceptionWrapper
-from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, get_worker_info
-from torch.utils.data import _utils as torch_data_utils
-from torch.utils.data._utils import signal_handling
-from torch.utils.data._utils.worker import _IterableDatasetStopIteration
-from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
-from dlviz import _check, eventlog
-from dlviz.assemble import build_run
+from dlviz import _check, eventlog, torch_hooks
+from dlviz.assemble import PassNotes, build_run
 from dlviz.eventlog import EventLog, clock
 from dlviz.run import MAIN, ErrorRecord, Run
+from dlviz.torch_hooks import TracedLoader
+from dlviz.worker import (
+    Batch,
+    TracedCollate,
+    TracedMapDataset,
+    TracedStream,
+    TracedWorkerInit,
+)
 
 __all__ = ["trace", "record", "play", "Traced"]
 
@@ -68,46 +69,15 @@ MAX_STEP_MS = 60_000.0
 """The longest simulated training step :func:`record` takes (a minute)."""
 MAX_KEYS = 10_000_000
 """The most keys ``expected`` may list (the ledger holds one fate per key)."""
-LOG_RECORDS = 2**22
-"""Records in the shared event log, all regions together (4 int64 each: 128 MiB)."""
 
 _FATE_MARKS = {"delivered": "deliver", "failed": "lost"}  # a batch's fate -> its mark
-_DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? ([\d, ]+)\) (?:exited unexpectedly|is killed)")
-_TIMED_OUT = "DataLoader timed out after"
 
 
 # ---------------------------------------------------------------- sampler side
-class _Batch:
-    """A batch of indices on its way to a worker, tagged with its number.
-
-    When a worker (or the main process) starts on it, it announces its number in
-    :data:`dlviz.eventlog.current_batch`, so every fetch is logged with its batch.
-    """
-
-    __slots__ = ("seq", "indices")
-
-    def __init__(self, seq: int, indices: list[Any]) -> None:
-        self.seq = seq
-        self.indices = indices
-
-    def __iter__(self) -> Iterator[Any]:
-        eventlog.current_batch = self.seq
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getstate__(self) -> tuple[int, list[Any]]:
-        return self.seq, self.indices
-
-    def __setstate__(self, state: tuple[int, list[Any]]) -> None:
-        self.seq, self.indices = state
-
-
 class _BatchDrawer:
     """Draws batches from the user's sampler (main process only) and logs each draw."""
 
-    def __init__(self, loader: DataLoader[Any], box: _EpochBox) -> None:
+    def __init__(self, loader: DataLoader[Any], box: torch_hooks._EpochBox) -> None:
         self.box = box
         self.seq = itertools.count()
         self.batch_size = loader.batch_size
@@ -127,7 +97,7 @@ class _BatchDrawer:
             return len(BatchSampler(self.source, self.batch_size or 1, self.drop_last))
         return len(self.source)
 
-    def __iter__(self) -> Iterator[_Batch]:
+    def __iter__(self) -> Iterator[Batch]:
         source = iter(self.source)
         epoch = self.box.epoch
         while True:
@@ -144,315 +114,20 @@ class _BatchDrawer:
                 except StopIteration:
                     return
                 indices = list(item) if self.mode == "custom" else [item]
-            batch = _Batch(next(self.seq), indices)
+            batch = Batch(next(self.seq), indices)
             epoch.drawn(batch)
             yield batch
 
 
 # ---------------------------------------------------------------- worker side
-class _TracedMapDataset(Dataset[Any]):
-    """Your map-style dataset, with every fetch logged to the shared event log."""
-
-    def __init__(self, inner: Any, log: EventLog) -> None:
-        self.inner = inner
-        self.log = log
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, index: Any) -> Any:  # torch always calls __getitems__; kept for safety
-        return self.__getitems__(index)[0] if isinstance(index, _Batch) else self.inner[index]
-
-    def __getitems__(self, batch: _Batch) -> list[Any]:
-        log, inner, indices, seq = self.log, self.inner, batch.indices, batch.seq
-        eventlog.current_batch = seq
-        if not log.attached:
-            log.attach(_worker_id())
-        if not log.room(len(indices) + 1):
-            return [inner[i] for i in indices]
-        out: list[Any] = []
-        if log.local:
-            # the main process (num_workers=0): nothing there outlives it, so the
-            # start times go to a list, and into the log when the batch ends
-            times: list[int] = []
-            nones: list[int] = []
-            note = times.append
-            try:
-                for index in indices:
-                    note(clock())
-                    sample = inner[index]
-                    if sample is None:
-                        nones.append(len(out))
-                    out.append(sample)
-            finally:
-                log.note_fetches(seq, indices, times, nones,
-                                 raised_at=clock() if len(out) < len(times) else 0)
-            return out
-        # a worker: the batch's records are laid out first; each fetch then stores its
-        # start time in shared memory as it begins, so a fetch that never ends (the
-        # worker crashed or hangs) is still there for the main process to see
-        view, at = log.view, log.lay_out_fetches(seq, indices)
-        assert view is not None
-        for index in indices:
-            view[at] = clock()
-            at += eventlog.FIELDS
-            try:
-                sample = inner[index]
-            except BaseException:
-                log.pos = at - eventlog.TIME
-                log.write(eventlog.RAISED, seq, view[log.pos - eventlog.FIELDS + 2], clock())
-                raise
-            if sample is None:
-                view[at - eventlog.FIELDS - eventlog.TIME] = eventlog.NONE
-            out.append(sample)
-        log.pos = at - eventlog.TIME
-        return out
-
-
-class _TracedStream(IterableDataset[Any]):
-    """Your IterableDataset, with every item it yields logged under its key."""
-
-    def __init__(self, inner: Any, log: EventLog, key: Callable[[Any], int]) -> None:
-        self.inner = inner
-        self.log = log
-        self.key = key
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __iter__(self) -> Iterator[Any]:
-        if not self.log.attached:
-            self.log.attach(_worker_id())
-        return _KeyedIterator(iter(self.inner), self.log, self.key)
-
-
-class _KeyedIterator:
-    """Logs each ``next()`` of a stream: start, then the key once the item is there.
-
-    An iterator object, not a generator: if your iterator can go on after raising,
-    so can this one.
-    """
-
-    def __init__(self, inner: Iterator[Any], log: EventLog, key: Callable[[Any], int]) -> None:
-        self.inner, self.log, self.key = inner, log, key
-
-    def __iter__(self) -> _KeyedIterator:
-        return self
-
-    def __next__(self) -> Any:
-        log, seq = self.log, eventlog.current_batch
-        if not log.room(2):
-            return next(self.inner)
-        log.write(eventlog.FETCH, seq, -1, clock())
-        try:
-            item = next(self.inner)
-        except StopIteration:
-            log.write(eventlog.END, seq, -1, clock())
-            raise
-        except BaseException:
-            log.write(eventlog.RAISED, seq, -1, clock())
-            raise
-        if item is None:
-            log.set_code_of_last(eventlog.NONE)
-        else:
-            log.set_value_of_last(self.key(item))
-        return item
-
-
-class _TracedCollate:
-    """Your ``collate_fn``, with batch assembly logged."""
-
-    def __init__(self, inner: Callable[[Any], Any], log: EventLog, unbatched: bool) -> None:
-        self.inner, self.log, self.unbatched = inner, log, unbatched
-
-    def __call__(self, samples: list[Any]) -> Any:
-        log, seq = self.log, eventlog.current_batch
-        if not log.attached:
-            log.attach(_worker_id())
-        data = samples[0] if self.unbatched else samples  # batch_size=None: one sample
-        if not log.room(2):
-            return self.inner(data)
-        log.write(eventlog.COLLATE, seq, -1, clock())
-        try:
-            out = self.inner(data)
-        except BaseException:
-            log.write(eventlog.COLLATE_RAISED, seq, -1, clock())
-            raise
-        log.write(eventlog.COLLATED, seq, -1, clock())
-        return out
-
-
-class _TracedWorkerInit:
-    """Runs first in every worker: logs its start, then calls your ``worker_init_fn``."""
-
-    def __init__(self, inner: Callable[[int], None] | None, log: EventLog, dataset: Any) -> None:
-        self.inner, self.log, self.dataset = inner, log, dataset
-
-    def __call__(self, worker_id: int) -> None:
-        self.log.attach(worker_id)
-        self.log.write(eventlog.WORKER_START, -1, _pid(), clock())
-        info = get_worker_info()
-        if info is not None:  # your code sees your dataset, not dlviz's wrapper
-            object.__setattr__(info, "dataset", self.dataset)
-        if self.inner is not None:
-            self.inner(worker_id)
-
-
-def _worker_id() -> int:
-    info = get_worker_info()
-    return MAIN if info is None else info.id
-
-
-def _pid() -> int:
-    return os.getpid()
-
-
 # ---------------------------------------------------------------- main side
-class _EpochBox:
-    """Where the iterator hooks find the epoch being recorded (one per traced loader)."""
-
-    epoch: _Epoch
-
-
-class _TracedLoader(DataLoader[Any]):
-    """A DataLoader whose batches come from :class:`_BatchDrawer` and whose iterator
-    reports dispatches, arrivals and deliveries."""
-
-    dlviz_box: _EpochBox
-    dlviz_drawer: _BatchDrawer
-
-    @property
-    def _index_sampler(self) -> Any:
-        return self.dlviz_drawer
-
-    def _get_iterator(self) -> Any:
-        if self.num_workers == 0:
-            return super()._get_iterator()
-        return _TracedWorkersIter(self)
-
-
-class _TracedWorkersIter(_MultiProcessingDataLoaderIter):
-    """torch's multi-worker iterator, reporting what it does to the current epoch.
-
-    Worker deaths are noticed here, inside ``next()``, and nowhere else. torch also
-    registers its workers with a SIGCHLD handler that raises a dead worker's error
-    wherever the main thread happens to be: in the middle of unpickling another
-    worker's batch (that batch is then lost while torch goes on waiting for it:
-    the loop hangs), inside dlviz's bookkeeping, or, when the explorer records in
-    a background thread, in whatever your kernel is running. dlviz takes its
-    workers off that handler and checks their health every 50 ms while it waits;
-    after a death, it also frees the result queue if the dead worker held it.
-    """
-
-    def __init__(self, loader: _TracedLoader) -> None:
-        self._dlviz_box = loader.dlviz_box
-        self._dlviz_last_idx: Any = None
-        self._dlviz_deaths = 0  # worker deaths noticed so far
-        self._dlviz_shutdown_at: int | None = None  # when torch began to stop the workers
-        try:
-            super().__init__(loader)
-        except BaseException:  # interrupted (or failed) while starting the workers
-            with contextlib.suppress(Exception):  # torch's finally terminates them
-                self._shutdown_workers()
-            raise
-        if self._worker_pids_set:
-            signal_handling._remove_worker_pids(id(self))  # type: ignore[attr-defined]
-            self._worker_pids_set = False
-
-    def _shutdown_workers(self) -> None:
-        # torch stops the workers inside the next() that finds the pass over; the loop
-        # was waiting for data only until then
-        if self._dlviz_shutdown_at is None:
-            self._dlviz_shutdown_at = clock()
-        super()._shutdown_workers()
-
-    def _try_put_index(self) -> None:
-        before = self._send_idx
-        super()._try_put_index()
-        if self._send_idx != before:
-            self._dlviz_box.epoch.dispatched(before, self._task_info[before][0])
-
-    def _try_get_data(self, timeout: float = torch_data_utils.MP_STATUS_CHECK_INTERVAL) -> Any:
-        # torch checks its workers' health only when a wait runs out (5 s, or the
-        # user's timeout); waiting in slices of 50 ms notices a dead worker at once,
-        # from any thread. The total wait (a user's timeout) is unchanged.
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                ok, data = super()._try_get_data(min(0.05, max(0.0, end - time.monotonic())))
-            except RuntimeError as exc:  # torch's own report (a dead worker, too many files)
-                self._dlviz_deaths += bool(_DIED.search(str(exc)))
-                raise
-            except Exception as exc:
-                # a worker that dies just after sending a batch takes with it what
-                # the batch's tensors need to be received (EOFError, connection
-                # reset or refused): the worker is dying, report it as torch does
-                dead = self._dlviz_dying_workers(within_s=1.0)
-                if not dead:
-                    raise
-                self._dlviz_deaths += 1
-                pids = ", ".join(str(self._workers[w].pid) for w in dead)
-                raise RuntimeError(f"DataLoader worker (pid(s) {pids}) exited unexpectedly"
-                                   ) from exc
-            if ok or time.monotonic() >= end:
-                return ok, data
-            if self._dlviz_deaths:
-                self._dlviz_free_result_queue()
-
-    def _dlviz_free_result_queue(self) -> None:
-        """Release the result queue's write lock if a dead worker holds it.
-
-        Every worker sends its batches through one pipe, taking turns with a lock.
-        A worker killed while sending (a crash right after finishing a batch) never
-        lets go of it: the others can never send again, and the loop waits forever
-        (plain torch too). A live worker holds the lock for microseconds, or for as
-        long as the pipe is full; so a lock that stays taken for 0.5 s while the pipe
-        is empty belongs to the dead. Its message went in whole or not at all (pipe
-        writes of up to 4 KiB are atomic; dlviz's batches travel in shared memory).
-        """
-        queue = self._worker_result_queue
-        lock, reader = getattr(queue, "_wlock", None), getattr(queue, "_reader", None)
-        if lock is None or reader is None:  # Windows: no lock
-            return
-        if lock.acquire(timeout=0.5):  # free, or a live worker let go of it
-            lock.release()
-        elif not reader.poll():
-            lock.release()
-
-    def _dlviz_dying_workers(self, within_s: float) -> list[int]:
-        """Active workers that are dead, or die within ``within_s``; marked unavailable
-        (as torch marks a dead worker it finds), so that a loop that goes on skips them."""
-        active = [self._workers[w] for w, up in enumerate(self._workers_status) if up]
-        ready = multiprocessing.connection.wait([p.sentinel for p in active], timeout=within_s)
-        for process in active:
-            if process.sentinel in ready:  # its files are closed: it is exiting
-                process.join(timeout=within_s)
-        dead = [w for w, up in enumerate(self._workers_status)
-                if up and not self._workers[w].is_alive()]
-        for w in dead:
-            self._mark_worker_as_unavailable(w)
-        return dead
-
-    def _get_data(self) -> Any:
-        idx, data = super()._get_data()
-        self._dlviz_last_idx = idx
-        if isinstance(idx, int):
-            self._dlviz_box.epoch.arrived(idx, data, self)
-        return idx, data
-
-    def _process_data(self, data: Any, worker_idx: int) -> Any:
-        # the task being handed out: in order, the one just past _rcvd_idx; out of
-        # order, always the one _get_data just returned (torch stores nothing then)
-        task = self._rcvd_idx - 1 if self._in_order else self._dlviz_last_idx
-        self._dlviz_box.epoch.processing(task, worker_idx, isinstance(data, ExceptionWrapper))
-        return super()._process_data(data, worker_idx)
-
-
 class _Epoch:
-    """Everything the main process notes during one pass; :meth:`result` makes the Run.
+    """Everything the main process notes during one pass; :meth:`freeze` hands it on.
 
-    Notes are raw tuples on the absolute clock (cheap on the hot path); they become
-    :class:`dlviz.Event` objects only when the Run is built, on first request.
+    Notes are raw tuples on the absolute clock (cheap on the hot path). When the
+    pass is over, :meth:`freeze` copies them, with the workers' log, into a
+    :class:`dlviz.assemble.PassNotes` (no Run is built then: that waits until
+    someone asks for it, :meth:`result`).
     """
 
     def __init__(self, traced: Traced) -> None:
@@ -471,6 +146,8 @@ class _Epoch:
         self.iterator: Any = None
         self.pids: dict[int, int] = {}
         self.stop: str | None = None  # set when the pass is over
+        self.duration = 0
+        self.notes: PassNotes | None = None
         self._run: Run | None = None
         self.loop: dict[str, Any] = {}  # record()'s loop settings, for the Run's config
 
@@ -483,7 +160,7 @@ class _Epoch:
         self.marks.append((kind, worker, seq, -1, t, t, ""))
 
     # --- hooks (called from the sampler side and torch's iterator) ---
-    def drawn(self, batch: _Batch) -> None:
+    def drawn(self, batch: Batch) -> None:
         self.batches[batch.seq] = batch.indices
         self.last_drawn = batch.seq
         if self.traced.num_workers == 0:
@@ -498,7 +175,9 @@ class _Epoch:
         self.batch_worker[self.last_drawn] = worker
         self.mark("dispatch", worker, self.last_drawn)
 
-    def arrived(self, task: int, data: Any, it: _TracedWorkersIter) -> None:
+    def arrived(self, task: int, ended_worker: int | None, other_tasks: list[int]) -> None:
+        """Task ``task`` came back; ``ended_worker``: its stream ran out of data, and
+        ``other_tasks`` (still queued for that worker) will never bring a batch."""
         if task not in self.task_seq:
             # a persistent worker's batch from a pass cut short: torch discards it
             # while it starts this pass, before anything of this pass is sent
@@ -506,12 +185,9 @@ class _Epoch:
         seq = self.task_seq[task]
         worker = self.batch_worker.get(seq, MAIN)
         self.mark("arrive", worker, seq)
-        if isinstance(data, _IterableDatasetStopIteration):
-            # the worker's stream is exhausted: this request and every other one
-            # still queued for that worker will never bring a batch
-            for other, info in list(it._task_info.items()):
-                if info[0] == data.worker_id and len(info) == 1:
-                    self.resolve(self.task_seq.get(other, -1), "empty", data.worker_id)
+        if ended_worker is not None:
+            for other in other_tasks:
+                self.resolve(self.task_seq.get(other, -1), "empty", ended_worker)
             self.resolve(seq, "empty", worker)
 
     def processing(self, task: int, worker: int, failed: bool) -> None:
@@ -531,27 +207,28 @@ class _Epoch:
     def error(self, exc: BaseException) -> str:
         """Note an error the loop saw; returns its kind."""
         t = self.now()
-        message = str(exc)
+        message, type_name = str(exc), type(exc).__name__
         it = self.iterator
         self.lose_current()
-        died = _DIED.search(message)
-        if died:
-            pids = [int(p) for p in died.group(1).replace(" ", "").split(",") if p]
+        pids = torch_hooks.dead_pids(message)
+        if pids is not None:
             workers = [w for w, pid in self.pids.items() if pid in pids]
             for w in workers:  # everything it still held is lost with it
-                for task, info in list(getattr(it, "_task_info", {}).items()):
-                    if info[0] == w and len(info) == 1:
-                        self.resolve(self.task_seq.get(task, -1), "failed", w)
+                for task in torch_hooks.pending_tasks(it, w):
+                    self.resolve(self.task_seq.get(task, -1), "failed", w)
             worker = workers[0] if workers else None
             batch, index = self._unfinished_fetch(worker)  # what it was doing when it died
-            self.errors.append(ErrorRecord("worker_died", worker, index, batch, t, message))
+            self.errors.append(ErrorRecord("worker_died", worker, index, batch, t, message,
+                                           type=type_name))
             return "worker_died"
-        if isinstance(exc, RuntimeError) and message.startswith(_TIMED_OUT):
-            seq, worker = self._waited_for()
+        if isinstance(exc, RuntimeError) and message.startswith(torch_hooks.TIMED_OUT):
+            task, worker = torch_hooks.waited_task(it)
+            seq = self.task_seq.get(task, -1)
             self.resolve(seq, "failed", MAIN if worker is None else worker)
             batch, index = self._unfinished_fetch(worker)  # the fetch that hangs, if any
             self.errors.append(ErrorRecord("timeout", worker, index if batch == seq else None,
-                                           seq if seq >= 0 else None, t, message))
+                                           seq if seq >= 0 else None, t, message,
+                                           type=type_name))
             return "timeout"
         if self.current is not None:  # torch was handing out this batch: it is lost
             seq, worker, _ = self.current
@@ -562,7 +239,7 @@ class _Epoch:
         self.resolve(seq, "failed", worker)
         index = self._raised_index(seq) if seq >= 0 else None
         self.errors.append(ErrorRecord("exception", worker, index, seq if seq >= 0 else None,
-                                       t, message))
+                                       t, message, type=type_name))
         return "exception"
 
     def lose_current(self) -> None:
@@ -578,28 +255,19 @@ class _Epoch:
                 self.marks[i] = ("lost", worker, batch, index, start, end, status)
                 break
 
-    def _waited_for(self) -> tuple[int, int | None]:
-        """The batch ``__next__`` was waiting for when it timed out, and its worker."""
-        it = self.iterator
-        task_info = getattr(it, "_task_info", {})
-        task = it._rcvd_idx if it is not None and it._in_order else min(task_info, default=-1)
-        info = task_info.get(task)
-        return self.task_seq.get(task, -1), (info[0] if info else None)
-
     def _unfinished_fetch(self, worker: int | None) -> tuple[int | None, int | None]:
         """``(batch, index)`` of the fetch ``worker`` started last and never finished."""
-        for region, _pid, _over, records in self.traced.log.regions():
-            if region == worker and records[-1, 0] == eventlog.FETCH:
-                index = int(records[-1, 2])
-                return int(records[-1, 1]), (index if index >= 0 else None)
+        last = None if worker is None else self.traced.log.last_record(worker)
+        if last is not None and last[0] == eventlog.FETCH:
+            index = int(last[2])
+            return int(last[1]), (index if index >= 0 else None)
         return None, None
 
     def _raised_index(self, seq: int) -> int | None:
-        for _worker, _pid, _over, records in self.traced.log.regions():
-            hit = records[(records[:, 0] == eventlog.RAISED) & (records[:, 1] == seq)]
-            if len(hit):
-                return int(hit[-1, 2]) if hit[-1, 2] >= 0 else None  # -1: a stream's key
-        return None
+        hit = self.traced.log.find(eventlog.RAISED, seq)
+        if hit is None or hit[2] < 0:  # -1: a stream's key is not known
+            return None
+        return int(hit[2])
 
     def finish(self, stop: str, shutdown: bool) -> None:
         """End the pass: note why, stop the workers (unless persistent and kept)."""
@@ -610,30 +278,34 @@ class _Epoch:
             hung = [e.worker for e in self.errors if e.kind == "timeout" and e.worker is not None]
             if self.stop == "interrupt":  # stop now, without waiting for any worker: one
                 hung = list(range(self.traced.num_workers))  # may hang with no timeout
-            _shutdown(self.iterator, hung=hung)
+            torch_hooks.shutdown(self.iterator, hung=hung)
+
+    def freeze(self) -> PassNotes:
+        """Copy this pass's notes and log into a frozen record (once the pass is over);
+        the main process's own lists are let go. Cheap: arrays are copied, no Run built."""
+        if self.notes is None:
+            self.notes = self._snapshot(self.stop or "break", self.duration)
+            self.batches, self.marks, self.tail = {}, [], None
+        return self.notes
+
+    def _snapshot(self, stop: str, duration: int) -> PassNotes:
+        traced = self.traced
+        return PassNotes.make(
+            config={**traced.config, **self.loop}, origin=self.origin, duration=duration,
+            stop=stop, iterable=traced.iterable, expected=traced.expected,
+            dataset=traced.original.dataset, marks=self.marks, errors=self.errors,
+            batches=self.batches, tail=self.tail, resolved=self.resolved,
+            regions=traced.log.regions(), num_workers=traced.num_workers)
 
     def result(self) -> Run:
         """The Run of this pass, built once, on first request (a snapshot if still open)."""
         if self._run is not None:
             return self._run
         if self.stop is None:
-            return build_run(self, "break", self.now())
-        self._run = build_run(self, self.stop, self.duration)
+            return build_run(self._snapshot("break", self.now()))
+        self._run = build_run(self.freeze())
+        self.notes = None  # the Run holds it all now
         return self._run
-
-
-def _shutdown(it: Any, hung: Sequence[int] = ()) -> None:
-    """Stop an iterator's workers now; hung ones are terminated rather than awaited."""
-    if not isinstance(it, _MultiProcessingDataLoaderIter) or it._shutdown:
-        return
-    if hung:
-        if it._worker_pids_set:  # so torch's SIGCHLD handler does not report them
-            signal_handling._remove_worker_pids(id(it))  # type: ignore[attr-defined]
-            it._worker_pids_set = False
-        for w in hung:
-            if 0 <= w < len(it._workers):
-                it._workers[w].terminate()
-    it._shutdown_workers()
 
 
 class TracedIterator:
@@ -648,7 +320,7 @@ class TracedIterator:
         self.epoch = epoch
         epoch.iterator = iter(traced.loader)
         self.torch_iter = epoch.iterator
-        epoch.pids = {i: w.pid for i, w in enumerate(getattr(self.torch_iter, "_workers", []))}
+        epoch.pids = torch_hooks.worker_pids(self.torch_iter)
 
     def __iter__(self) -> TracedIterator:
         return self
@@ -714,7 +386,7 @@ class Traced:
                  expected: Sequence[int] | None = None) -> None:
         if not isinstance(loader, DataLoader):
             raise TypeError(f"loader must be a torch DataLoader, not {type(loader).__name__}")
-        if isinstance(loader, _TracedLoader):
+        if isinstance(loader, TracedLoader):
             raise ValueError("loader is already traced; pass the original DataLoader")
         dataset = loader.dataset
         self.iterable = isinstance(dataset, IterableDataset)
@@ -725,7 +397,7 @@ class Traced:
         self.epochs: list[_Epoch] = []
         self._iterator: TracedIterator | None = None
         self.log = EventLog(loader.num_workers, _capacity(loader))
-        self.box = _EpochBox()
+        self.box = torch_hooks._EpochBox()
         self.drawer = _BatchDrawer(loader, self.box)
         method = _start_method(loader)
         if method in ("spawn", "forkserver"):
@@ -733,21 +405,21 @@ class Traced:
         self.config = _describe(loader, method, self.iterable)
         self.loader = self._rebuild(loader)
 
-    def _rebuild(self, loader: DataLoader[Any]) -> _TracedLoader:
+    def _rebuild(self, loader: DataLoader[Any]) -> TracedLoader:
         if self.iterable:
-            dataset: Any = _TracedStream(loader.dataset, self.log, self.key)
+            dataset: Any = TracedStream(loader.dataset, self.log, self.key)
         else:
-            dataset = _TracedMapDataset(loader.dataset, self.log)
-        rebuilt = _TracedLoader(
+            dataset = TracedMapDataset(loader.dataset, self.log)
+        rebuilt = TracedLoader(
             dataset,
             batch_size=(loader.batch_size or 1) if self.iterable else 1,
             drop_last=loader.drop_last,
             num_workers=loader.num_workers,
-            collate_fn=_TracedCollate(loader.collate_fn, self.log,
+            collate_fn=TracedCollate(loader.collate_fn, self.log,
                                       unbatched=loader.batch_sampler is None),
             pin_memory=loader.pin_memory,
             timeout=loader.timeout,
-            worker_init_fn=_TracedWorkerInit(loader.worker_init_fn, self.log, loader.dataset),
+            worker_init_fn=TracedWorkerInit(loader.worker_init_fn, self.log, loader.dataset),
             multiprocessing_context=loader.multiprocessing_context,
             generator=loader.generator,
             prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
@@ -765,13 +437,14 @@ class Traced:
     def iterate(self) -> TracedIterator:
         """Start a pass (an epoch). A pass still open is ended first."""
         if self._iterator is not None and self._iterator.epoch.stop is None:
-            self._iterator.finish("break")
+            self._iterator._end("break")
         if self.epochs:
-            # build the last pass's Run from the log, then empty the log for this one:
-            # new workers find it empty; persistent ones empty their own regions
-            # before they log anything of this pass
-            self.epochs[-1].result()
+            # copy the last pass's notes and log (no Run is built here), then empty the
+            # log for this one: new workers find it empty; persistent ones empty their
+            # own regions before they log anything of this pass
+            self.epochs[-1].freeze()
             if self.persistent:
+                self.log.forget_pass()
                 self.log.new_pass()
             else:
                 self.log.reset()
@@ -811,7 +484,7 @@ class Traced:
     def _close(self, stop: str) -> None:
         if self._iterator is not None:
             self._iterator._end(stop)  # the Run is built only when someone asks for it
-            _shutdown(self._iterator.torch_iter)
+            torch_hooks.shutdown(self._iterator.torch_iter)
 
     def __enter__(self) -> Traced:
         return self
@@ -911,7 +584,7 @@ def play(traced: Traced, on_error: str, max_batches: int | None, step_s: float,
     finally:
         run = it.finish(stop)
         if not keep_workers:
-            _shutdown(it.torch_iter)
+            torch_hooks.shutdown(it.torch_iter)
     return run
 
 
@@ -983,13 +656,9 @@ class _IntKey:
 
 
 def _capacity(loader: DataLoader[Any]) -> int:
-    """Records per region: one pass over all the samples (persistent workers empty their
-    region at the start of each pass), but no more than a share of :data:`LOG_RECORDS`
-    (a dataset of a billion samples must not allocate tens of GB of shared memory
-    before its first batch).
-
-    A region that fills up stops recording and the Run says so in its notes.
-    """
+    """Records per region: one pass over all the samples, so a small pass never spills,
+    up to :data:`dlviz.eventlog.REGION_RECORDS` (4 MiB); a longer pass spills to disk
+    (see :mod:`dlviz.eventlog`) and loses nothing."""
     try:
         sized: Any = (loader.sampler if loader.batch_sampler is None
                       or type(loader.batch_sampler) is BatchSampler else loader.dataset)
@@ -998,8 +667,7 @@ def _capacity(loader: DataLoader[Any]) -> int:
         samples = 65536
     batches = samples // max(1, loader.batch_size or 1) + 1
     per_pass = samples + 3 * batches + 64  # a fetch per sample; collate, end per batch
-    most = max(4096, LOG_RECORDS // (loader.num_workers + 1))
-    return min(most, per_pass)
+    return min(eventlog.REGION_RECORDS, per_pass)
 
 
 def _start_method(loader: DataLoader[Any]) -> str:

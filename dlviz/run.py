@@ -19,53 +19,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from dlviz import ledger
-from dlviz.ledger import Occurrence
+from dlviz.ledger import Occurrence, Occurrences
+from dlviz.table import EVENT_KINDS, STATUSES, Event, Events, Table
+
+__all__ = ["Run", "Event", "Events", "Occurrence", "Occurrences", "ErrorRecord", "BatchInfo",
+           "merge_runs", "MAIN", "EVENT_KINDS", "STATUSES"]
 
 FORMAT = "dlviz.run"
-VERSION = 1
+VERSION = 2
+"""Version 2 stores events and occurrences by column; version 1 files (one list per
+record, dlviz 0.1) are still read."""
 MAIN = -1
 """The worker number of the main process (it fetches itself when ``num_workers=0``)."""
 
-EVENT_KINDS = (
-    "worker_start",  # a worker process began (index = its pid)
-    "dispatch",  # main sent a batch's indices to ``worker`` (instant)
-    "fetch",  # a worker ran ``dataset[index]``
-    "collate",  # a worker ran ``collate_fn`` on a batch (batch assembly)
-    "arrive",  # a batch reached the main process's queue (instant)
-    "deliver",  # ``__next__`` handed the batch to your loop (instant)
-    "lost",  # the batch raised or its worker died: it never reaches the loop
-    "empty",  # a worker's stream had no more data for this request (IterableDataset)
-    "wait",  # main waited inside ``__next__``
-    "step",  # your loop's body ran (between two ``__next__`` calls)
-)
-STATUSES = ("ok", "raised", "none", "unfinished", "")
 ERROR_KINDS = ("exception", "worker_died", "timeout")
 STOPS = ("exhausted", "max_batches", "error", "interrupt", "break")
 
 
-class Event(NamedTuple):
-    """One thing that happened. Instants have ``start == end``.
-
-    ``worker`` is the lane: a worker number, or :data:`MAIN` (-1). For
-    ``dispatch``, ``arrive``, ``deliver`` and ``lost`` (main-process instants) it is
-    the worker that the batch went to. ``index`` is the dataset index (or stream
-    key) for fetches, the pid for ``worker_start``, else -1.
-    """
-
-    kind: str
-    worker: int
-    batch: int
-    index: int  # type: ignore[assignment]  # a field named like tuple.index, on purpose
-    start: int
-    end: int
-    status: str = ""
-    rank: int = 0
-
-
 @dataclass(frozen=True)
 class ErrorRecord:
-    """An error your loop saw: ``kind`` is exception, worker_died or timeout."""
+    """An error your loop saw: ``kind`` is exception, worker_died or timeout.
+
+    ``type`` is the name of the exception's class as your loop received it
+    (``"ValueError"``: torch re-raises a worker's exception with its own type),
+    or ``""`` when unknown (files of dlviz 0.1).
+    """
 
     kind: str
     worker: int | None
@@ -74,6 +55,7 @@ class ErrorRecord:
     time: int
     message: str
     rank: int = 0
+    type: str = ""
 
 
 class BatchInfo(NamedTuple):
@@ -88,76 +70,131 @@ class BatchInfo(NamedTuple):
     rank: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class Run:
     """Everything recorded about one pass over a DataLoader.
 
     Read it with :meth:`summary`, :meth:`fate`, :attr:`errors`, :meth:`batches`;
-    draw it with ``dlviz.plot_run``; save it with :meth:`to_json`.
+    draw it with ``dlviz.plot_run``; save it with :meth:`to_json`. Events and
+    occurrences are tables of numpy columns (:class:`dlviz.table.Table`): iterate
+    them as records (``for e in run.events``), or read whole columns
+    (``run.events.start``). The ledger (every index's fate) is computed once, on
+    first use, and cached: ``summary()`` and ``fate(i)`` cost next to nothing after.
     """
 
     config: dict[str, Any]
     dataset_size: int
-    keys: list[int] | None  # a stream's expected keys; None: indices 0..dataset_size-1
-    events: list[Event]
+    keys: Any  # a stream's expected keys (a list or int64 array); None: indices 0..size-1
+    events: Events
     errors: list[ErrorRecord]
-    occurrences: list[Occurrence]
+    occurrences: Occurrences
     workers: dict[int, int]  # worker -> pid
     duration: int
     stop: str
     origin: int = 0  # the clock's value at time 0 (to align runs of several ranks)
     notes: list[str] = field(default_factory=list)
+    labels: list[str] | None = None
+    """When the sampler yields keys that are not ints (a dict-backed dataset): the keys
+    as text; occurrence ``index`` k stands for ``labels[k]``, and ``fate()`` takes either."""
+    _ledger: ledger.Ledger | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.events, Events):
+            self.events = Events.from_rows(self.events)
+        if not isinstance(self.occurrences, Occurrences):
+            self.occurrences = Occurrences.from_rows(self.occurrences)
+        if self.keys is not None:
+            self.keys = np.asarray(self.keys, dtype=np.int64).reshape(-1)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Run):
+            return NotImplemented
+        same_keys = (self.keys is None and other.keys is None) or (
+            self.keys is not None and other.keys is not None
+            and np.array_equal(self.keys, other.keys))
+        return (same_keys and self.events == other.events
+                and self.occurrences == other.occurrences
+                and (self.config, self.dataset_size, self.errors, self.workers, self.duration,
+                     self.stop, self.origin, self.notes, self.labels)
+                == (other.config, other.dataset_size, other.errors, other.workers,
+                    other.duration, other.stop, other.origin, other.notes, other.labels))
+
+    __hash__ = None  # type: ignore[assignment]
 
     # ----- the ledger -----
     @property
+    def ledger(self) -> ledger.Ledger:
+        """Every index's best fate and delivery count (computed once, then cached)."""
+        if self._ledger is None:
+            self._ledger = ledger.compute(self.dataset_size, self.keys, self.occurrences)
+        return self._ledger
+
+    @property
     def universe(self) -> Sequence[int]:
         """Every index (or stream key) one full pass should deliver."""
-        return self.keys if self.keys is not None else range(self.dataset_size)
+        return range(self.dataset_size) if self.keys is None else self.keys.tolist()
 
     def summary(self) -> dict[str, int]:
         """Counts: dataset_size, sampled, delivered, deliveries, duplicated, dropped,
         failed, filtered, in_flight, never_sampled (see :mod:`dlviz.ledger`)."""
-        return ledger.summarize(self.universe, self.occurrences)
+        return dict(self.ledger.summary)
 
-    def fates(self) -> dict[int, str]:
-        """The fate of every index (or key)."""
-        return ledger.fates_by_index(self.universe, self.occurrences)
+    def fates(self) -> dict[Any, str]:
+        """The fate of every index (or key, or label)."""
+        led = self.ledger
+        names = np.array(ledger.FATES, dtype=object)[led.best].tolist()
+        indices = led.index_at().tolist()
+        if self.labels is not None:
+            indices = [self.labels[i] if 0 <= i < len(self.labels) else i for i in indices]
+        return dict(zip(indices, names))
 
-    def fate(self, index: int) -> str:
-        """The fate of one dataset index (or stream key)."""
-        if isinstance(index, bool) or not isinstance(index, int):
+    def fate(self, index: Any) -> str:
+        """The fate of one dataset index (or stream key; or sampler key, see :attr:`labels`)."""
+        if self.labels is not None and not isinstance(index, (int, np.integer)):
+            if str(index) not in self.labels:
+                raise ValueError(f"index {index!r} is not in this run's dataset")
+            index = self.labels.index(str(index))
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"index must be an int, not {type(index).__name__}")
-        fates = self.fates()
-        if index not in fates:
+        position = self.ledger.position(int(index))
+        if position < 0:
             raise ValueError(f"index {index} is not in this run's dataset")
-        return fates[index]
+        return ledger.FATES[self.ledger.best[position]]
 
     def delivered(self) -> list[int]:
         """Delivered indices in the order your loop saw them (repeats included)."""
-        order = {b.batch: b.done for b in self.batches() if b.fate == "delivered"}
-        delivered = [o for o in self.occurrences if o.fate == "delivered"]
-        delivered.sort(key=lambda o: (o.rank, order.get(o.batch) or 0))
-        return [o.index for o in delivered]
+        occ = self.occurrences
+        mine = occ.is_("fate", "delivered")
+        delivers = self.events.of_kind("deliver")
+        when = dict(zip(zip(delivers.column("rank").tolist(), delivers.column("batch").tolist()),
+                        delivers.column("start").tolist()))
+        ranks, batches = occ.column("rank")[mine], occ.column("batch")[mine]
+        times = np.fromiter((when.get(k, 0) for k in zip(ranks.tolist(), batches.tolist())),
+                            dtype=np.int64, count=int(mine.sum()))
+        order = np.lexsort((times, ranks))  # stable: a batch keeps its own order
+        return occ.column("index")[mine][order].tolist()  # type: ignore[no-any-return]
 
     # ----- views of the events -----
-    def of_kind(self, kind: str) -> list[Event]:
-        return [e for e in self.events if e.kind == kind]
+    def of_kind(self, *kinds: str) -> Events:
+        """The events of these kinds, a table (``run.of_kind("fetch")[0].start``)."""
+        return self.events.of_kind(*kinds)
 
     def batches(self) -> list[BatchInfo]:
         """Every batch the sampler produced: worker, indices, when sent and resolved."""
+        occ = self.occurrences
         indices: dict[tuple[int, int], list[int]] = {}
         fates: dict[tuple[int, int], str] = {}
-        for occ in self.occurrences:
-            key = (occ.rank, occ.batch)
-            indices.setdefault(key, []).append(occ.index)
-            if occ.fate == "dropped" or key not in fates or fates[key] != "delivered":
-                fates[key] = {"filtered": "delivered"}.get(occ.fate, occ.fate)
+        for index, batch, fate, rank in occ:
+            key = (rank, batch)
+            indices.setdefault(key, []).append(index)
+            if fate == "dropped" or key not in fates or fates[key] != "delivered":
+                fates[key] = {"filtered": "delivered"}.get(fate, fate)
         sent: dict[tuple[int, int], Event] = {}
         done: dict[tuple[int, int], Event] = {}
-        for e in self.events:
+        for e in self.events.of_kind("dispatch", "deliver", "lost", "empty"):
             if e.kind == "dispatch":
                 sent[(e.rank, e.batch)] = e
-            elif e.kind in ("deliver", "lost", "empty"):
+            else:
                 done[(e.rank, e.batch)] = e
                 fates.setdefault((e.rank, e.batch), {"deliver": "delivered", "lost": "failed"
                                                      }.get(e.kind, "empty"))
@@ -176,15 +213,16 @@ class Run:
 
     def outstanding(self) -> list[tuple[int, int]]:
         """``(time, batches sent but not yet delivered or lost)`` at every change."""
-        steps = sorted(
-            (e.start, 1 if e.kind == "dispatch" else -1)
-            for e in self.events if e.kind in ("dispatch", "deliver", "lost", "empty")
-        )
-        level, out = 0, [(0, 0)]
-        for time, change in steps:
-            level += change
-            out.append((time, level))
-        return out
+        times, levels = self.outstanding_steps()
+        return [(0, 0), *zip(times.tolist(), levels.tolist())]
+
+    def outstanding_steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`outstanding` as two arrays (times, levels), without the leading (0, 0)."""
+        ev = self.events.of_kind("dispatch", "deliver", "lost", "empty")
+        change = np.where(ev.is_("kind", "dispatch"), 1, -1)
+        start = ev.column("start")
+        order = np.lexsort((change, start))  # at one time: -1 before +1, as sorted tuples
+        return start[order], np.cumsum(change[order])
 
     @property
     def prefetch_limit(self) -> int:
@@ -193,9 +231,17 @@ class Run:
         factor = self.config.get("prefetch_factor") or 0
         return int(factor) * workers * max(1, int(self.config.get("world_size", 1)))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the Run's columns and its cached ledger (not config or text)."""
+        total = self.events.nbytes + self.occurrences.nbytes
+        if self._ledger is not None:
+            total += self._ledger.best.nbytes + self._ledger.deliveries.nbytes
+        return total
+
     # ----- files -----
     def to_json(self, path: str | Path) -> None:
-        """Save the run as JSON (a versioned schema; never pickle)."""
+        """Save the run as JSON (a versioned schema, by column; never pickle)."""
         Path(_path(path)).write_text(json.dumps(self.to_dict(), separators=(",", ":")))
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,11 +250,12 @@ class Run:
             "version": VERSION,
             "config": self.config,
             "dataset_size": self.dataset_size,
-            "keys": self.keys,
-            "events": [list(e) for e in self.events],
-            "errors": [[r.kind, r.worker, r.index, r.batch, r.time, r.message, r.rank]
+            "keys": None if self.keys is None else self.keys.tolist(),
+            "labels": self.labels,
+            "events": _columns_to_dict(self.events),
+            "errors": [[r.kind, r.worker, r.index, r.batch, r.time, r.message, r.rank, r.type]
                        for r in self.errors],
-            "occurrences": [list(o) for o in self.occurrences],
+            "occurrences": _columns_to_dict(self.occurrences),
             "workers": {str(w): pid for w, pid in self.workers.items()},
             "duration": self.duration,
             "stop": self.stop,
@@ -273,33 +320,45 @@ def merge_runs(runs: Iterable[Run]) -> Run:
         raise TypeError("runs must be a non-empty sequence of dlviz.Run")
     runs = items
     origin = min(r.origin for r in runs)
-    events: list[Event] = []
+    events, occurrences = [], []
     errors: list[ErrorRecord] = []
-    occurrences: list[Occurrence] = []
     for rank, r in enumerate(runs):
         shift = r.origin - origin
-        events += [e._replace(start=e.start + shift, end=e.end + shift, rank=rank)
-                   for e in r.events]
+        columns = {name: r.events.column(name) for name in Events.fields}
+        columns.update(start=columns["start"] + shift, end=columns["end"] + shift,
+                       rank=np.full(len(r.events), rank))
+        events.append(Events(**columns))
         errors += [ErrorRecord(x.kind, x.worker, x.index, x.batch, x.time + shift,
-                               x.message, rank) for x in r.errors]
-        occurrences += [o._replace(rank=rank) for o in r.occurrences]
+                               x.message, rank, x.type) for x in r.errors]
+        columns = {name: r.occurrences.column(name) for name in Occurrences.fields}
+        columns["rank"] = np.full(len(r.occurrences), rank)
+        occurrences.append(Occurrences(**columns))
     keys = None
     if any(r.keys is not None for r in runs):
-        keys = sorted({k for r in runs for k in r.universe})
+        keys = np.unique(np.concatenate([np.asarray(r.universe, dtype=np.int64)
+                                         for r in runs]))
+    merged = Events.concat(events)
     return Run(
         config={**runs[0].config, "world_size": len(runs)},
         dataset_size=len(keys) if keys is not None else max(r.dataset_size for r in runs),
         keys=keys,
-        events=sorted(events, key=lambda e: e.start),
+        events=merged[np.argsort(merged.column("start"), kind="stable")],
         errors=errors,
-        occurrences=occurrences,
+        occurrences=Occurrences.concat(occurrences),
         workers={w + 1000 * rank: pid for rank, r in enumerate(runs)
                  for w, pid in r.workers.items()},
         duration=max(r.origin - origin + r.duration for r in runs),
         stop=runs[0].stop if len({r.stop for r in runs}) == 1 else "error",
         origin=origin,
         notes=[n for r in runs for n in r.notes],
+        labels=runs[0].labels if all(r.labels == runs[0].labels for r in runs) else None,
     )
+
+
+def _columns_to_dict(table: Table) -> dict[str, Any]:
+    """A table as JSON: the names of coded fields once, then one list per column."""
+    return {"names": {name: list(values) for name, values in table.names.items()},
+            "columns": {name: table.column(name).tolist() for name in table.fields}}
 
 
 # ----- strict parsing of files -----
@@ -334,40 +393,32 @@ def _parse(data: Any) -> Run:
     if version > VERSION:
         raise ValueError(f"this run file has version {version}; this dlviz reads up to "
                          f"version {VERSION}: upgrade dlviz")
-    _need(version == VERSION, f"unsupported version {version}")
+    _need(version in (1, 2), f"unsupported version {version}")
     expected = {"format", "version", "config", "dataset_size", "keys", "events", "errors",
                 "occurrences", "workers", "duration", "stop", "origin", "notes"}
-    _need(set(data) == expected, f"the fields must be {sorted(expected)}")
+    if version >= 2:
+        expected.add("labels")
+    _need(set(data) == expected, f"the fields of a version {version} file must be "
+          f"{sorted(expected)}")
     _need(isinstance(data["config"], dict), "'config' must be an object")
     _need(_is_int(data["dataset_size"]) and data["dataset_size"] >= 0, "bad 'dataset_size'")
     keys = data["keys"]
     _need(keys is None or (isinstance(keys, list) and all(_is_int(k) for k in keys)),
           "'keys' must be null or a list of integers")
-    events = []
-    for item in _list(data["events"], "events"):
-        _need(isinstance(item, list) and len(item) == 8, "an event must be a list of 8")
-        kind, worker, batch, index, start, end, status, rank = item
-        _need(kind in EVENT_KINDS, f"unknown event kind {kind!r}")
-        _need(all(_is_int(v) for v in (worker, batch, index, start, end, rank)),
-              "event numbers must be integers")
-        _need(status in STATUSES, f"unknown event status {status!r}")
-        _need(end >= start, "an event ends before it starts")
-        events.append(Event(kind, worker, batch, index, start, end, status, rank))
-    errors = []
-    for item in _list(data["errors"], "errors"):
-        _need(isinstance(item, list) and len(item) == 7, "an error must be a list of 7")
-        kind, worker, index, batch, time, message, rank = item
-        _need(kind in ERROR_KINDS, f"unknown error kind {kind!r}")
-        _need(all(_is_opt_int(v) for v in (worker, index, batch)) and _is_int(time)
-              and _is_int(rank) and isinstance(message, str), "bad error record")
-        errors.append(ErrorRecord(kind, worker, index, batch, time, message, rank))
-    occurrences = []
-    for item in _list(data["occurrences"], "occurrences"):
-        _need(isinstance(item, list) and len(item) == 4, "an occurrence must be a list of 4")
-        index, batch, fate, rank = item
-        _need(_is_int(index) and _is_int(batch) and _is_int(rank), "bad occurrence")
-        _need(fate in ledger.FATES and fate != "never_sampled", f"bad fate {fate!r}")
-        occurrences.append(Occurrence(index, batch, fate, rank))
+    labels = data.get("labels")
+    _need(labels is None or (isinstance(labels, list) and all(isinstance(x, str)
+                                                              for x in labels)),
+          "'labels' must be null or a list of strings")
+    if version == 1:
+        events, occurrences, errors = _v1_records(data)
+    else:
+        events = _table(Events, data["events"], "events")
+        occurrences = _table(Occurrences, data["occurrences"], "occurrences")
+        _need(not occurrences.is_("fate", "never_sampled").any(),
+              "an occurrence cannot be never_sampled")
+        errors = [_error(item, 8) for item in _list(data["errors"], "errors")]
+    _need(bool((events.column("end") >= events.column("start")).all()),
+          "an event ends before it starts")
     workers = data["workers"]
     _need(isinstance(workers, dict), "'workers' must be an object")
     parsed_workers = {}
@@ -385,7 +436,72 @@ def _parse(data: Any) -> Run:
     return Run(config=data["config"], dataset_size=data["dataset_size"], keys=keys,
                events=events, errors=errors, occurrences=occurrences,
                workers=parsed_workers, duration=data["duration"], stop=data["stop"],
-               origin=data["origin"], notes=notes)
+               origin=data["origin"], notes=notes, labels=labels)
+
+
+def _table(kind: type[Table], value: Any, name: str) -> Any:
+    """A version-2 table: ``{"names": {field: [...]}, "columns": {field: [...]}}``."""
+    _need(isinstance(value, dict) and set(value) == {"names", "columns"},
+          f"'{name}' must be an object with 'names' and 'columns'")
+    names, columns = value["names"], value["columns"]
+    _need(isinstance(names, dict) and set(names) == set(kind.names),
+          f"'{name}.names' must name {sorted(kind.names)}")
+    _need(isinstance(columns, dict) and set(columns) == set(kind.fields),
+          f"'{name}.columns' must be {list(kind.fields)}")
+    made: dict[str, Any] = {}
+    for field_name in kind.fields:
+        values = _list(columns[field_name], f"{name}.columns.{field_name}")
+        try:
+            array = np.array(values, dtype=object if not values else None)
+        except (ValueError, OverflowError):
+            array = np.array([None])
+        _need(array.ndim == 1 and (not values or array.dtype == np.int64)
+              and not any(v is True or v is False for v in values),
+              f"'{name}.columns.{field_name}' must be a list of integers")
+        if field_name in kind.names:  # codes into the file's own names, re-coded to ours
+            their = _list(names[field_name], f"{name}.names.{field_name}")
+            _need(all(v in kind.names[field_name] for v in their),
+                  f"unknown {field_name} in {name}: {their}")
+            _need(not values or (0 <= array.min() and array.max() < len(their)),
+                  f"a {field_name} code out of range in {name}")
+            ours = kind.encode(field_name, their) if their else np.empty(0, np.int64)
+            array = ours[array.astype(np.int64)] if values else array
+        made[field_name] = array if values else np.empty(0, kind.dtypes[field_name])
+    _need(len({len(c) for c in made.values()}) == 1, f"the columns of '{name}' differ in length")
+    return kind(**made)
+
+
+def _error(item: Any, size: int) -> ErrorRecord:
+    _need(isinstance(item, list) and len(item) == size, f"an error must be a list of {size}")
+    kind, worker, index, batch, time, message, rank = item[:7]
+    type_name = item[7] if size > 7 else ""
+    _need(kind in ERROR_KINDS, f"unknown error kind {kind!r}")
+    _need(all(_is_opt_int(v) for v in (worker, index, batch)) and _is_int(time)
+          and _is_int(rank) and isinstance(message, str) and isinstance(type_name, str),
+          "bad error record")
+    return ErrorRecord(kind, worker, index, batch, time, message, rank, type_name)
+
+
+def _v1_records(data: dict[str, Any]) -> tuple[Events, Occurrences, list[ErrorRecord]]:
+    """Version 1 (dlviz 0.1): one list per event, occurrence and error."""
+    events = []
+    for item in _list(data["events"], "events"):
+        _need(isinstance(item, list) and len(item) == 8, "an event must be a list of 8")
+        kind, worker, batch, index, start, end, status, rank = item
+        _need(kind in EVENT_KINDS, f"unknown event kind {kind!r}")
+        _need(all(_is_int(v) for v in (worker, batch, index, start, end, rank)),
+              "event numbers must be integers")
+        _need(status in STATUSES, f"unknown event status {status!r}")
+        events.append(Event(kind, worker, batch, index, start, end, status, rank))
+    occurrences = []
+    for item in _list(data["occurrences"], "occurrences"):
+        _need(isinstance(item, list) and len(item) == 4, "an occurrence must be a list of 4")
+        index, batch, fate, rank = item
+        _need(_is_int(index) and _is_int(batch) and _is_int(rank), "bad occurrence")
+        _need(fate in ledger.FATES and fate != "never_sampled", f"bad fate {fate!r}")
+        occurrences.append(Occurrence(index, batch, fate, rank))
+    errors = [_error(item, 7) for item in _list(data["errors"], "errors")]
+    return Events.from_rows(events), Occurrences.from_rows(occurrences), errors
 
 
 def _list(value: Any, name: str) -> list[Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import dlviz
 from dlviz.datasets import SyntheticDataset
@@ -84,28 +84,49 @@ class _Words(Dataset[Any]):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_indices_that_are_not_ints_are_fetched_and_said_so(workers: int) -> None:
+def test_keys_that_are_not_ints_are_ledgered_by_key(workers: int) -> None:
     dataset = _Words()
     loader = DataLoader(dataset, batch_size=2, sampler=list(dataset.words), num_workers=workers)
     traced = dlviz.trace(loader)
     seen = [batch.tolist() for batch in traced]
     assert seen == [batch.tolist() for batch in loader] == [[2, 3], [1, 4], [2]]
     run = traced.run
-    fetches = [e for e in run.events if e.kind == "fetch"]
-    assert len(fetches) == 5 and {e.index for e in fetches} == {-1}
-    assert any("not ints" in note for note in run.notes)
+    assert run.labels == list(dataset.words)
+    assert run.summary()["delivered"] == run.summary()["dataset_size"] == 5
+    assert run.fate("ghij") == "delivered" and run.fates()["kl"] == "delivered"
+    assert len(run.of_kind("fetch")) == 5
+    assert any("keys, not int indices" in note for note in run.notes)
 
 
-def test_batches_of_int_indices_keep_their_ledger_next_to_batches_of_keys() -> None:
-    dataset = _Words()
+class _KeyedWords(_Words):
+    def keys(self) -> list[str]:
+        return list(self.words)
+
+
+def test_a_dataset_with_keys_gives_the_ledger_its_universe() -> None:
+    dataset = _KeyedWords()
     dataset.words.update({0: torch.tensor(0), 1: torch.tensor(1)})
-    loader = DataLoader(dataset, batch_size=2, sampler=[0, 1, "ab", "cde"])
+    loader = DataLoader(dataset, batch_size=2, sampler=[0, 1, "ab", "cde"], drop_last=False)
     traced = dlviz.trace(loader)
     assert [batch.tolist() for batch in traced] == [[0, 1], [2, 3]]
     run = traced.run
-    assert [(o.index, o.batch, o.fate) for o in run.occurrences] == [
-        (0, 0, "delivered"), (1, 0, "delivered")]
-    assert sum("not ints" in note for note in run.notes) == 1
+    s = run.summary()
+    assert (s["dataset_size"], s["delivered"], s["never_sampled"]) == (7, 4, 3)
+    assert run.fate("f") == "never_sampled" and run.fate(0) == run.fate("ab") == "delivered"
+    with pytest.raises(ValueError, match="not in this run"):
+        run.fate("zz")
+
+
+def test_negative_indices_are_the_indices_they_stand_for() -> None:
+    loader = DataLoader(TensorDataset(torch.arange(50)), batch_size=4, sampler=[-1, 0, 1, -50])
+    traced = dlviz.trace(loader)
+    got = [batch[0].tolist() for batch in traced]
+    assert got == [batch[0].tolist() for batch in loader] == [[49, 0, 1, 0]]
+    s = traced.run.summary()
+    assert (s["delivered"], s["never_sampled"], s["dataset_size"]) == (3, 47, 50)
+    assert s["duplicated"] == 1  # -50 is 0
+    assert traced.run.fate(49) == traced.run.fate(0) == "delivered"
+    assert s["delivered"] + s["never_sampled"] == s["dataset_size"]  # fates partition it
 
 
 SLOW_EXIT_S = 0.6

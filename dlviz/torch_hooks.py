@@ -1,0 +1,283 @@
+"""Every private torch name dlviz relies on, in one place, checked at import.
+
+dlviz records *torch's own* multi-worker iterator: it subclasses
+``_MultiProcessingDataLoaderIter`` and hooks the moments the public API does not
+expose (a batch's indices sent to a worker, a batch arriving, a batch handed
+out), and reads a few of its fields (``_task_info``, ``_rcvd_idx``...). These
+names are private and may change in any torch release, so :func:`probe` checks
+each one when dlviz is imported and refuses an untested torch with one clear
+error naming :data:`SUPPORTED`, instead of recording a pass wrongly.
+Also here: the text of the torch messages dlviz reads (a dead worker, a timeout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import multiprocessing
+import multiprocessing.connection
+import re
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from dlviz.eventlog import clock
+
+if TYPE_CHECKING:
+    from dlviz.recorder import _BatchDrawer, _Epoch
+
+SUPPORTED = (2, 7), (2, 14)
+"""The torch releases dlviz is tested with, oldest and newest (minor versions)."""
+SUPPORTED_TEXT = "torch 2.7 to 2.14"
+
+_ITER_NAMES = ("_try_put_index", "_try_get_data", "_get_data", "_process_data",
+               "_shutdown_workers", "_mark_worker_as_unavailable", "_reset")
+
+
+class UnsupportedTorch(ImportError):
+    """This torch lacks a private name dlviz needs (see :data:`SUPPORTED`)."""
+
+
+def probe(version: str | None = None) -> None:
+    """Check that torch has every private name dlviz uses; raise :class:`UnsupportedTorch`.
+
+    ``version`` (default: the installed one) is compared with :data:`SUPPORTED`
+    too: a newer torch is allowed only when every name is still there.
+    """
+    version = torch.__version__ if version is None else version
+    found = re.match(r"(\d+)\.(\d+)", version)
+    release = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+    missing = []
+    try:
+        from torch._utils import ExceptionWrapper  # noqa: F401
+        from torch.utils.data import _utils as data_utils
+        from torch.utils.data._utils import signal_handling
+        from torch.utils.data._utils.worker import _IterableDatasetStopIteration  # noqa: F401
+        from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter as It
+    except ImportError as exc:
+        missing.append(str(exc))
+    else:
+        missing += [f"_MultiProcessingDataLoaderIter.{n}" for n in _ITER_NAMES
+                    if not hasattr(It, n)]
+        if not hasattr(signal_handling, "_remove_worker_pids"):
+            missing.append("signal_handling._remove_worker_pids")
+        if not hasattr(data_utils, "MP_STATUS_CHECK_INTERVAL"):
+            missing.append("_utils.MP_STATUS_CHECK_INTERVAL")
+        if hasattr(It, "_process_data"):
+            params = list(inspect.signature(It._process_data).parameters)
+            if params[1:3] != ["data", "worker_idx"]:  # torch 2.6: (self, data)
+                missing.append(f"_process_data(data, worker_idx) (this torch has {params[1:]})")
+    if missing or release < SUPPORTED[0]:
+        raise UnsupportedTorch(
+            f"dlviz needs {SUPPORTED_TEXT}; this is torch {version}"
+            + (f", which lacks {', '.join(missing)}" if missing else "")
+            + ". Install a supported torch (pip install 'torch>=2.7,<2.15').")
+
+
+probe()
+
+from torch._utils import ExceptionWrapper  # noqa: E402
+from torch.utils.data import _utils as torch_data_utils  # noqa: E402
+from torch.utils.data._utils import signal_handling  # noqa: E402
+from torch.utils.data._utils.worker import _IterableDatasetStopIteration  # noqa: E402
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter  # noqa: E402
+
+DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? ([\d, ]+)\) (?:exited unexpectedly|is killed)")
+"""torch's message for a dead worker (``_utils/signal_handling.py``, ``dataloader.py``)."""
+TIMED_OUT = "DataLoader timed out after"
+"""How torch's ``timeout`` error begins (``dataloader.py``)."""
+
+
+def dead_pids(message: str) -> list[int] | None:
+    """The pids in torch's "worker (pid(s) N, M) exited" message, or None if it is not one."""
+    found = DIED.search(message)
+    if found is None:
+        return None
+    return [int(p) for p in re.findall(r"\d+", found.group(1))]
+
+
+class _EpochBox:
+    """Where the iterator hooks find the epoch being recorded (one per traced loader)."""
+
+    epoch: _Epoch
+
+
+class TracedLoader(DataLoader[Any]):
+    """A DataLoader whose batches come from dlviz's drawer (``recorder._BatchDrawer``)
+    and whose iterator reports dispatches, arrivals and deliveries."""
+
+    dlviz_box: _EpochBox
+    dlviz_drawer: _BatchDrawer
+
+    @property
+    def _index_sampler(self) -> Any:
+        return self.dlviz_drawer
+
+    def _get_iterator(self) -> Any:
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        return _TracedWorkersIter(self)
+
+
+class _TracedWorkersIter(_MultiProcessingDataLoaderIter):
+    """torch's multi-worker iterator, reporting what it does to the current epoch.
+
+    Worker deaths are noticed here, inside ``next()``, and nowhere else. torch also
+    registers its workers with a SIGCHLD handler that raises a dead worker's error
+    wherever the main thread happens to be: in the middle of unpickling another
+    worker's batch (that batch is then lost while torch goes on waiting for it:
+    the loop hangs), inside dlviz's bookkeeping, or, when the explorer records in
+    a background thread, in whatever your kernel is running. dlviz takes its
+    workers off that handler and checks their health every 50 ms while it waits;
+    after a death, it also frees the result queue if the dead worker held it.
+    """
+
+    def __init__(self, loader: TracedLoader) -> None:
+        self._dlviz_box = loader.dlviz_box
+        self._dlviz_last_idx: Any = None
+        self._dlviz_deaths = 0  # worker deaths noticed so far
+        self._dlviz_shutdown_at: int | None = None  # when torch began to stop the workers
+        try:
+            super().__init__(loader)
+        except BaseException:  # interrupted (or failed) while starting the workers
+            with contextlib.suppress(Exception):  # torch's finally terminates them
+                self._shutdown_workers()
+            raise
+        if self._worker_pids_set:
+            signal_handling._remove_worker_pids(id(self))  # type: ignore[attr-defined]
+            self._worker_pids_set = False
+
+    def _shutdown_workers(self) -> None:
+        # torch stops the workers inside the next() that finds the pass over; the loop
+        # was waiting for data only until then
+        if self._dlviz_shutdown_at is None:
+            self._dlviz_shutdown_at = clock()
+        super()._shutdown_workers()
+
+    def _try_put_index(self) -> None:
+        before = self._send_idx
+        super()._try_put_index()
+        if self._send_idx != before:
+            self._dlviz_box.epoch.dispatched(before, self._task_info[before][0])
+
+    def _try_get_data(self, timeout: float = torch_data_utils.MP_STATUS_CHECK_INTERVAL) -> Any:
+        # torch checks its workers' health only when a wait runs out (5 s, or the
+        # user's timeout); waiting in slices of 50 ms notices a dead worker at once,
+        # from any thread. The total wait (a user's timeout) is unchanged.
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                ok, data = super()._try_get_data(min(0.05, max(0.0, end - time.monotonic())))
+            except RuntimeError as exc:  # torch's own report (a dead worker, too many files)
+                self._dlviz_deaths += bool(DIED.search(str(exc)))
+                raise
+            except Exception as exc:
+                # a worker that dies just after sending a batch takes with it what
+                # the batch's tensors need to be received (EOFError, connection
+                # reset or refused): the worker is dying, report it as torch does
+                dead = self._dlviz_dying_workers(within_s=1.0)
+                if not dead:
+                    raise
+                self._dlviz_deaths += 1
+                pids = ", ".join(str(self._workers[w].pid) for w in dead)
+                raise RuntimeError(f"DataLoader worker (pid(s) {pids}) exited unexpectedly"
+                                   ) from exc
+            if ok or time.monotonic() >= end:
+                return ok, data
+            if self._dlviz_deaths:
+                self._dlviz_free_result_queue()
+
+    def _dlviz_free_result_queue(self) -> None:
+        """Release the result queue's write lock if a dead worker holds it.
+
+        Every worker sends its batches through one pipe, taking turns with a lock.
+        A worker killed while sending (a crash right after finishing a batch) never
+        lets go of it: the others can never send again, and the loop waits forever
+        (plain torch too). A live worker holds the lock for microseconds, or for as
+        long as the pipe is full; so a lock that stays taken for 0.5 s while the pipe
+        is empty belongs to the dead. Its message went in whole or not at all (pipe
+        writes of up to 4 KiB are atomic; dlviz's batches travel in shared memory).
+        """
+        queue = self._worker_result_queue
+        lock, reader = getattr(queue, "_wlock", None), getattr(queue, "_reader", None)
+        if lock is None or reader is None:  # Windows: no lock
+            return
+        if lock.acquire(timeout=0.5):  # free, or a live worker let go of it
+            lock.release()
+        elif not reader.poll():
+            lock.release()
+
+    def _dlviz_dying_workers(self, within_s: float) -> list[int]:
+        """Active workers that are dead, or die within ``within_s``; marked unavailable
+        (as torch marks a dead worker it finds), so that a loop that goes on skips them."""
+        active = [self._workers[w] for w, up in enumerate(self._workers_status) if up]
+        ready = multiprocessing.connection.wait([p.sentinel for p in active], timeout=within_s)
+        for process in active:
+            if process.sentinel in ready:  # its files are closed: it is exiting
+                process.join(timeout=within_s)
+        dead = [w for w, up in enumerate(self._workers_status)
+                if up and not self._workers[w].is_alive()]
+        for w in dead:
+            self._mark_worker_as_unavailable(w)
+        return dead
+
+    def _get_data(self) -> Any:
+        idx, data = super()._get_data()
+        self._dlviz_last_idx = idx
+        if isinstance(idx, int):
+            ended = data.worker_id if isinstance(data, _IterableDatasetStopIteration) else None
+            # a stream that ran out: this request and every other one still queued for
+            # that worker will never bring a batch
+            others = [] if ended is None else pending_tasks(self, ended)
+            self._dlviz_box.epoch.arrived(idx, ended, others)
+        return idx, data
+
+    def _process_data(self, data: Any, worker_idx: int) -> Any:
+        # the task being handed out: in order, the one just past _rcvd_idx; out of
+        # order, always the one _get_data just returned (torch stores nothing then)
+        task = self._rcvd_idx - 1 if self._in_order else self._dlviz_last_idx
+        self._dlviz_box.epoch.processing(task, worker_idx, isinstance(data, ExceptionWrapper))
+        return super()._process_data(data, worker_idx)
+
+
+
+
+def pending_tasks(it: Any, worker: int) -> list[int]:
+    """torch's task numbers sent to ``worker`` whose batch has not come back."""
+    return [task for task, info in list(getattr(it, "_task_info", {}).items())
+            if info[0] == worker and len(info) == 1]
+
+
+def waited_task(it: Any) -> tuple[int, int | None]:
+    """The task ``__next__`` was waiting for (after a timeout), and its worker."""
+    task_info = getattr(it, "_task_info", {})
+    task = it._rcvd_idx if it is not None and it._in_order else min(task_info, default=-1)
+    info = task_info.get(task)
+    return task, (info[0] if info else None)
+
+
+def worker_pids(it: Any) -> dict[int, int]:
+    """worker number -> pid of an iterator's workers (none for num_workers=0)."""
+    return {i: w.pid for i, w in enumerate(getattr(it, "_workers", []))}
+
+
+def shutdown(it: Any, hung: Sequence[int] = ()) -> None:
+    """Stop an iterator's workers now; hung ones are terminated rather than awaited."""
+    if not isinstance(it, _MultiProcessingDataLoaderIter) or it._shutdown:
+        return
+    if hung:
+        if it._worker_pids_set:  # so torch's SIGCHLD handler does not report them
+            signal_handling._remove_worker_pids(id(it))  # type: ignore[attr-defined]
+            it._worker_pids_set = False
+        for w in hung:
+            if 0 <= w < len(it._workers):
+                it._workers[w].terminate()
+    it._shutdown_workers()
+
+
+def is_alive(it: Any) -> bool:
+    """Whether an iterator still has workers up (a persistent pass can go on)."""
+    return isinstance(it, _MultiProcessingDataLoaderIter) and not it._shutdown
