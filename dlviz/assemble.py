@@ -15,7 +15,7 @@ and occurrence column is made whole, never one Python object per sample
 
 from __future__ import annotations
 
-import operator
+import array
 import os
 from dataclasses import dataclass
 from itertools import chain
@@ -95,8 +95,8 @@ def _index_column(drawn: list[tuple[int, list[Any]]], dataset: Any, size: int | 
     dict-backed dataset) are ledgered by key: each becomes its position in ``labels``
     (the dataset's own ``keys()`` first, when it has them)."""
     flat = chain.from_iterable(indices for _, indices in drawn)
-    try:
-        column = np.fromiter(map(operator.index, flat), dtype=np.int64)
+    try:  # ints (and anything with __index__: numpy ints, int tensors); a float refused
+        column = np.frombuffer(array.array("q", flat), dtype=np.int64).copy()
     except (TypeError, OverflowError):
         pass
     else:

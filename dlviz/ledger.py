@@ -52,7 +52,7 @@ class Occurrences(Table):
 
     Row = Occurrence
     fields = Occurrence._fields
-    dtypes = {"index": np.int64, "batch": np.int64, "fate": np.int8, "rank": np.int32}
+    dtypes = {"index": np.int64, "batch": np.int32, "fate": np.int8, "rank": np.int16}
     names = {"fate": FATES}
     __slots__ = ()
 

@@ -86,12 +86,16 @@ def _lane_column(events: Events) -> np.ndarray:
     return np.where(own, _LOADING, worker)
 
 
+def _pairs(rank: Any, worker: Any) -> list[Lane]:
+    """The distinct ``(rank, worker)`` pairs of two columns, sorted."""
+    key = np.unique(np.asarray(rank, dtype=np.int64) * 2**32 + np.asarray(worker, np.int64) + 8)
+    return [(int(k // 2**32), int(k % 2**32) - 8) for k in key.tolist()]
+
+
 def _lanes(run: Run) -> dict[Lane, int]:
     """Row of every lane, top to bottom: per rank, main, main's own fetches, workers."""
     ev = run.events.where(~run.events.is_("kind", "deliver"))
-    pairs = np.unique(np.stack([ev.column("rank").astype(np.int64), _lane_column(ev)], axis=1),
-                      axis=0) if len(ev) else np.empty((0, 2), np.int64)
-    lanes: set[Lane] = {(int(r), int(w)) for r, w in pairs.tolist()}
+    lanes: set[Lane] = set(_pairs(ev.column("rank"), _lane_column(ev)))
     lanes |= {(r, MAIN) for r, _ in lanes} | {(0, MAIN)}
     if int(run.config.get("world_size", 1)) == 1:  # idle workers get a lane too
         lanes |= {(0, w) for w in range(int(run.config.get("num_workers", 0)))}
@@ -156,8 +160,7 @@ def plot_timeline(run: Run, ax: Axes | None = None) -> Axes:
     drawn_fetches = False
     for code in np.unique(kinds).tolist():
         kind = spans.names["kind"][code]
-        for lane in sorted({(int(r), int(w)) for r, w in
-                            zip(rank_of[kinds == code].tolist(), lane_of[kinds == code].tolist())}):
+        for lane in _pairs(rank_of[kinds == code], lane_of[kinds == code]):
             mine = (kinds == code) & (rank_of == lane[0]) & (lane_of == lane[1])
             events = spans.where(mine)
             name, ly = _lane_name(lane, ranks), y[lane]
@@ -575,11 +578,10 @@ def _flow(run: Run) -> _Flow:
     per_kind: dict[str, Counter[Lane]] = {}
     for kind in ("dispatch", "fetch", "collate", "arrive", "deliver", "lost"):
         mine = ev.of_kind(kind)
-        pairs, counts = (np.unique(np.stack([mine.column("rank"), mine.column("worker")], axis=1),
-                                   axis=0, return_counts=True) if len(mine)
-                         else (np.empty((0, 2), np.int64), np.empty(0, np.int64)))
-        per_kind[kind] = Counter({(int(r), int(w)): int(c)
-                                  for (r, w), c in zip(pairs.tolist(), counts.tolist())})
+        key = mine.column("rank").astype(np.int64) * 2**32 + mine.column("worker") + 8
+        values, counts = np.unique(key, return_counts=True)
+        per_kind[kind] = Counter({(int(k // 2**32), int(k % 2**32) - 8): int(c)
+                                  for k, c in zip(values.tolist(), counts.tolist())})
     if workers == 0:
         lanes = [(r, MAIN) for r in ranks]
         back = per_kind["deliver"] + per_kind["lost"]  # no queues: every resolved batch

@@ -67,6 +67,8 @@ __all__ = ["trace", "record", "play", "Traced"]
 
 MAX_STEP_MS = 60_000.0
 """The longest simulated training step :func:`record` takes (a minute)."""
+KEEP = 16
+"""How many passes a traced loader keeps by default (see :func:`trace`)."""
 MAX_KEYS = 10_000_000
 """The most keys ``expected`` may list (the ledger holds one fate per key)."""
 
@@ -211,7 +213,7 @@ class _Epoch:
         it = self.iterator
         self.lose_current()
         pids = torch_hooks.dead_pids(message)
-        if pids is not None:
+        if pids is not None and self.traced.num_workers > 0:  # else it only looks like one
             workers = [w for w, pid in self.pids.items() if pid in pids]
             for w in workers:  # everything it still held is lost with it
                 for task in torch_hooks.pending_tasks(it, w):
@@ -221,7 +223,8 @@ class _Epoch:
             self.errors.append(ErrorRecord("worker_died", worker, index, batch, t, message,
                                            type=type_name))
             return "worker_died"
-        if isinstance(exc, RuntimeError) and message.startswith(torch_hooks.TIMED_OUT):
+        if (isinstance(exc, RuntimeError) and message.startswith(torch_hooks.TIMED_OUT)
+                and self.traced.num_workers > 0 and self.traced.original.timeout > 0):
             task, worker = torch_hooks.waited_task(it)
             seq = self.task_seq.get(task, -1)
             self.resolve(seq, "failed", MAIN if worker is None else worker)
@@ -383,9 +386,11 @@ class Traced:
     """A DataLoader with a recorder attached; see :func:`trace`."""
 
     def __init__(self, loader: DataLoader[Any], *, key: Callable[[Any], int] | None = None,
-                 expected: Sequence[int] | None = None) -> None:
+                 expected: Sequence[int] | None = None, keep: int | None = KEEP) -> None:
         if not isinstance(loader, DataLoader):
             raise TypeError(f"loader must be a torch DataLoader, not {type(loader).__name__}")
+        self.keep = _check.optional_count("keep", keep, minimum=1)
+        self.passes_let_go = 0  # passes older than the last ``keep``, no longer held
         if isinstance(loader, TracedLoader):
             raise ValueError("loader is already traced; pass the original DataLoader")
         dataset = loader.dataset
@@ -451,6 +456,9 @@ class Traced:
         epoch = _Epoch(self)
         self.box.epoch = epoch
         self.epochs.append(epoch)
+        if self.keep is not None and len(self.epochs) > self.keep:
+            del self.epochs[0]  # memory stays bounded over many epochs
+            self.passes_let_go += 1
         try:
             self._iterator = TracedIterator(self, epoch)
         except BaseException as exc:  # the loader failed to start, or was interrupted starting
@@ -474,7 +482,8 @@ class Traced:
 
     @property
     def runs(self) -> list[Run]:
-        """One Run per pass so far, oldest first."""
+        """One Run per pass so far, oldest first: the last ``keep`` passes (see
+        :func:`trace`; :attr:`passes_let_go` counts the older ones)."""
         return [epoch.result() for epoch in self.epochs]
 
     def close(self) -> None:
@@ -502,7 +511,7 @@ class Traced:
 
 
 def trace(loader: DataLoader[Any], *, key: Callable[[Any], int] | None = None,
-          expected: Sequence[int] | None = None) -> Traced:
+          expected: Sequence[int] | None = None, keep: int | None = KEEP) -> Traced:
     """Wrap ``loader`` so that iterating it records a :class:`dlviz.Run`.
 
     ``for batch in trace(loader)`` gives the same batches as ``for batch in loader``;
@@ -511,8 +520,14 @@ def trace(loader: DataLoader[Any], *, key: Callable[[Any], int] | None = None,
     keys; for yours pass ``key`` (sample -> int; importable under spawn) and
     ``expected`` (every key one pass should deliver). With persistent workers,
     call ``traced.close()`` (or use ``with``) to stop them. Lessons 0 and 7.
+
+    Over many epochs, ``traced.runs`` keeps the last ``keep`` passes (default
+    :data:`KEEP`; ``None``: all). A pass holds about 40 bytes per sample until its
+    Run is built, about 45 after (``benchmarks/scale.py``): 16 passes of a
+    1.28M-sample epoch, under 1 GB. No Run is built between passes: a pass's
+    notes are copied when the next begins (milliseconds), and built when asked.
     """
-    return Traced(loader, key=key, expected=expected)
+    return Traced(loader, key=key, expected=expected, keep=keep)
 
 
 def record(loader: DataLoader[Any], *, on_error: str = "raise", max_batches: int | None = None,

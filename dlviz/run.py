@@ -180,15 +180,29 @@ class Run:
         return self.events.of_kind(*kinds)
 
     def batches(self) -> list[BatchInfo]:
-        """Every batch the sampler produced: worker, indices, when sent and resolved."""
+        """Every batch the sampler produced: worker, indices, when sent and resolved.
+
+        A batch's fate: dropped if ``drop_last`` threw it away, delivered if it
+        reached your loop (some of its samples may be filtered), else what became
+        of its samples (failed, in_flight), or ``empty`` (a stream had no more data).
+        """
         occ = self.occurrences
-        indices: dict[tuple[int, int], list[int]] = {}
-        fates: dict[tuple[int, int], str] = {}
-        for index, batch, fate, rank in occ:
-            key = (rank, batch)
-            indices.setdefault(key, []).append(index)
-            if fate == "dropped" or key not in fates or fates[key] != "delivered":
-                fates[key] = {"filtered": "delivered"}.get(fate, fate)
+        rank, batch = occ.column("rank"), occ.column("batch")
+        order = np.lexsort((batch, rank))  # stable: a batch keeps its samples' order
+        r, b, f = rank[order], batch[order], occ.column("fate")[order]
+        groups: dict[tuple[int, int], tuple[list[int], str]] = {}
+        if len(order):
+            starts = np.flatnonzero(np.r_[True, (r[1:] != r[:-1]) | (b[1:] != b[:-1])])
+            last = np.r_[starts[1:], len(order)] - 1
+            code = {name: k for k, name in enumerate(ledger.FATES)}
+            as_batch = np.where(f == code["filtered"], code["delivered"], f)
+            fate = np.where(np.logical_or.reduceat(f == code["dropped"], starts), code["dropped"],
+                            np.where(np.logical_or.reduceat(as_batch == code["delivered"], starts),
+                                     code["delivered"], as_batch[last]))
+            parts = np.split(occ.column("index")[order], starts[1:])
+            for key, part, k in zip(zip(r[starts].tolist(), b[starts].tolist()), parts,
+                                    fate.tolist()):
+                groups[key] = (part.tolist(), ledger.FATES[k])
         sent: dict[tuple[int, int], Event] = {}
         done: dict[tuple[int, int], Event] = {}
         for e in self.events.of_kind("dispatch", "deliver", "lost", "empty"):
@@ -196,19 +210,20 @@ class Run:
                 sent[(e.rank, e.batch)] = e
             else:
                 done[(e.rank, e.batch)] = e
-                fates.setdefault((e.rank, e.batch), {"deliver": "delivered", "lost": "failed"
-                                                     }.get(e.kind, "empty"))
         out = []
-        for key in sorted(set(indices) | set(sent) | set(done)):
+        for key in sorted(set(groups) | set(sent) | set(done)):
             if key[1] < 0:
                 continue
             dispatch, end = sent.get(key), done.get(key)
             worker = dispatch.worker if dispatch else end.worker if end else MAIN
+            indices, fate_name = groups.get(key, ((), ""))
+            if not fate_name:
+                fate_name = {"deliver": "delivered", "lost": "failed", "empty": "empty",
+                             None: "in_flight"}[end.kind if end else None]
             out.append(BatchInfo(
-                batch=key[1], worker=worker, indices=tuple(indices.get(key, ())),
+                batch=key[1], worker=worker, indices=tuple(indices),
                 dispatched=dispatch.start if dispatch else None,
-                done=end.start if end else None, fate=fates.get(key, "in_flight"),
-                rank=key[0]))
+                done=end.start if end else None, fate=fate_name, rank=key[0]))
         return out
 
     def outstanding(self) -> list[tuple[int, int]]:

@@ -206,8 +206,8 @@ class Events(Table):
 
     Row = Event
     fields = Event._fields
-    dtypes = {"kind": np.int8, "worker": np.int32, "batch": np.int64, "index": np.int64,
-              "start": np.int64, "end": np.int64, "status": np.int8, "rank": np.int32}
+    dtypes = {"kind": np.int8, "worker": np.int16, "batch": np.int32, "index": np.int64,
+              "start": np.int64, "end": np.int64, "status": np.int8, "rank": np.int16}
     names = {"kind": EVENT_KINDS, "status": STATUSES}
     __slots__ = ()
 
