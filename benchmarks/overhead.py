@@ -28,11 +28,9 @@ median over repetitions of plain / variant within the same repetition, and
 pressure while that workload ran (Linux PSI "some": the share of the time any
 task waited for a CPU; other jobs on the machine raise it, and so do two workers
 plus the main process on two cores).
-Separately, ``dlviz: build Run`` times :func:`dlviz.assemble.build_run` on the
-pass just recorded (what the first ``traced.run`` costs), an absolute time,
-on every other pass; on the others, in the same state of the machine, it times
-the floor under any build: making a Run's events and occurrences (Python
-records) from their fields at hand (see ``_BuildTimes``).
+Separately, ``dlviz: build Run`` times the first ``traced.run`` on the pass just
+recorded (freezing its notes, then :func:`dlviz.assemble.build_run`), an
+absolute time; ``benchmarks/scale.py`` times the same at epoch scale.
 
 Workloads: ``dlviz.datasets.SyntheticDataset`` with ``work="sleep"`` (a sample
 waits, like I/O: the wall time per sample is stable, and on a 2-core machine two
@@ -62,7 +60,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from itertools import repeat
 from typing import Any
 
 import torch
@@ -70,14 +67,10 @@ from _machine import cpu_stall_us
 from torch.utils.data import DataLoader
 
 import dlviz
-from dlviz import assemble
 from dlviz.datasets import SyntheticDataset
-from dlviz.ledger import Occurrence
-from dlviz.run import Event
 
 BATCH = 32
 VARIANTS = ("plain", "dlviz", "torch.profiler", "viztracer")
-_make = tuple.__new__  # a namedtuple from a tuple, as dlviz.assemble makes them
 
 
 def _workloads(quick: bool) -> list[dict[str, Any]]:
@@ -119,7 +112,9 @@ def _dlviz(loader: DataLoader[Any], look: bool, tmp: str) -> dict[str, Any]:
     epoch = it.epoch
     gc.collect()
     out: dict[str, Any] = {"s": elapsed, "batches": n}
-    run = _build_times.build(epoch, (len(loader), loader.num_workers), out)
+    t0 = time.perf_counter()
+    run = epoch.result()  # what the first ``traced.run`` costs: freeze the notes, build
+    out["build_s"] = time.perf_counter() - t0
     out["events"], out["occurrences"] = len(run.events), len(run.occurrences)
     if look:
         fetches = [e for e in run.events if e.kind == "fetch"]
@@ -127,53 +122,6 @@ def _dlviz(loader: DataLoader[Any], look: bool, tmp: str) -> dict[str, Any]:
         out["sees"] = (f"{len(fetches)} fetches on lanes {lanes}, "
                        f"{len(run.events)} events; ledger {run.summary()['delivered']} delivered")
     return out
-
-
-_Fields = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
-
-
-class _BuildTimes:
-    """Right after a traced pass, times the build of its Run (what the first
-    ``traced.run`` costs) or, every other pass instead, the floor under a build: making
-    the records of the last Run of that size (its events and occurrences, Python
-    namedtuples) again from their fields, read once first as a build's inputs are
-    fresh from the pass. Both are timed in the same state of the machine (caches and
-    allocator just after a pass), which moves either of them by up to 2x."""
-
-    def __init__(self) -> None:
-        self.fields: dict[tuple[int, int], _Fields] = {}
-        self.turns: dict[tuple[int, int], int] = {}
-
-    def build(self, epoch: Any, size: tuple[int, int], out: dict[str, Any]) -> dlviz.Run:
-        turn = self.turns[size] = self.turns.get(size, -1) + 1
-        fields = self.fields.get(size)
-        if turn % 2 and fields is not None:
-            out["records_s"] = _records_alone(fields)
-            run = assemble.build_run(epoch, epoch.stop or "break", epoch.duration)
-        else:
-            t0 = time.perf_counter()
-            run = assemble.build_run(epoch, epoch.stop or "break", epoch.duration)
-            out["build_s"] = time.perf_counter() - t0
-        self.fields[size] = ([tuple(e) for e in run.events], [tuple(o) for o in run.occurrences])
-        return run
-
-
-_build_times = _BuildTimes()
-
-
-def _records_alone(fields: _Fields) -> float:
-    """Seconds to make events and occurrences from their fields, as the build makes them."""
-    gc.disable()  # as in build_run
-    for rows in fields:
-        for row in rows:
-            hash(row)
-    t0 = time.perf_counter()
-    made = (list(map(_make, repeat(Event), fields[0])),
-            list(map(_make, repeat(Occurrence), fields[1])))
-    elapsed = time.perf_counter() - t0
-    del made
-    gc.enable()
-    return elapsed
 
 
 def _profiler(loader: DataLoader[Any], look: bool, tmp: str) -> dict[str, Any]:
@@ -359,10 +307,6 @@ def _rows(wl: dict[str, Any], workers: int, work: str,
         if v == "dlviz":
             builds = [r["build_s"] for r in rs if "build_s" in r]
             build_ms = statistics.median(builds) * 1000
-            floors = [r["records_s"] for r in rs if "records_s" in r]
-            floor = (f"making those records alone, on the other passes: "
-                     f"{statistics.median(floors) * 1000:.2f} ms (median of {len(floors)})"
-                     if floors else "")
             rows.append({
                 **base,
                 "variant": "dlviz: build Run",
@@ -373,7 +317,7 @@ def _rows(wl: dict[str, Any], workers: int, work: str,
                 "ok": "yes" if build_ms <= 5 else "NO",
                 "finalize ms": "",
                 "sees": f"build_run on {rs[0]['events']} events, {rs[0]['occurrences']} "
-                        f"occurrences, right after the pass; {floor}",
+                        f"occurrences, right after the pass",
             })
     return rows
 

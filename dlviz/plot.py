@@ -139,6 +139,10 @@ def plot_timeline(run: Run, ax: Axes | None = None) -> Axes:
     - A thin panel under the lanes (an inset Axes, ``ax.child_axes[0]``): how
       many batches were outstanding (sent, not yet delivered or lost) over time,
       against the ``prefetch_factor * num_workers`` ceiling.
+    - At scale (a lane with more than :data:`DENSE_SPANS` spans: an ImageNet-size
+      epoch), the lane's spans are one density strip, as opaque as the lane was
+      busy in each pixel column; failed, None and unfinished fetches stay bars.
+      If the event log ever filled up, the top right says so in red.
 
     Used in lesson 0 (the pipeline map), 1 (the main process waits, the buffer
     never "runs dry"), 3 (errors, crashes, timeouts) and 8 (finding the bottleneck).
@@ -200,6 +204,11 @@ def plot_timeline(run: Run, ax: Axes | None = None) -> Axes:
     ax.set_title("Timeline: who fetched what, and when", loc="left", fontsize=11)
     ax.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.01, 1),
               handler_map={tuple: HandlerTuple(ndivide=None, pad=0)}, **_LEGEND)
+    missing = [n for n in run.notes if "filled up" in n]
+    if missing:  # a limit was reached: say so on the picture, not only in run.notes
+        ax.text(1.0, 1.0, "incomplete: " + "; ".join(missing), transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=8, color=FATE_COLORS["failed"],
+                gid="log_incomplete")
     _window(ax, run, end_ms)
     return ax
 

@@ -6,7 +6,7 @@ expose (a batch's indices sent to a worker, a batch arriving, a batch handed
 out), and reads a few of its fields (``_task_info``, ``_rcvd_idx``...). These
 names are private and may change in any torch release, so :func:`probe` checks
 each one when dlviz is imported and refuses an untested torch with one clear
-error naming :data:`SUPPORTED`, instead of recording a pass wrongly.
+error naming the supported range, instead of recording a pass wrongly.
 Also here: the text of the torch messages dlviz reads (a dead worker, a timeout).
 """
 
@@ -29,23 +29,25 @@ from dlviz.eventlog import clock
 if TYPE_CHECKING:
     from dlviz.recorder import _BatchDrawer, _Epoch
 
-SUPPORTED = (2, 7), (2, 14)
-"""The torch releases dlviz is tested with, oldest and newest (minor versions)."""
-SUPPORTED_TEXT = "torch 2.7 to 2.14"
+OLDEST = (2, 7)
+"""The oldest torch whose private names match dlviz's hooks (2.6's ``_process_data``
+takes one argument fewer). CI tests 2.13 (every test) and 2.14 (recorder, facts,
+reliability); for any other torch, :func:`probe` checks each name at import."""
+SUPPORTED_TEXT = "torch 2.7 or newer (tested with 2.13 and 2.14)"
 
 _ITER_NAMES = ("_try_put_index", "_try_get_data", "_get_data", "_process_data",
                "_shutdown_workers", "_mark_worker_as_unavailable", "_reset")
 
 
 class UnsupportedTorch(ImportError):
-    """This torch lacks a private name dlviz needs (see :data:`SUPPORTED`)."""
+    """This torch is older than :data:`OLDEST`, or lacks a private name dlviz needs."""
 
 
 def probe(version: str | None = None) -> None:
     """Check that torch has every private name dlviz uses; raise :class:`UnsupportedTorch`.
 
-    ``version`` (default: the installed one) is compared with :data:`SUPPORTED`
-    too: a newer torch is allowed only when every name is still there.
+    ``version`` (default: the installed one) must be :data:`OLDEST` or newer; a
+    newer torch is allowed only when every name is still there.
     """
     version = torch.__version__ if version is None else version
     found = re.match(r"(\d+)\.(\d+)", version)
@@ -70,11 +72,11 @@ def probe(version: str | None = None) -> None:
             params = list(inspect.signature(It._process_data).parameters)
             if params[1:3] != ["data", "worker_idx"]:  # torch 2.6: (self, data)
                 missing.append(f"_process_data(data, worker_idx) (this torch has {params[1:]})")
-    if missing or release < SUPPORTED[0]:
+    if missing or release < OLDEST:
         raise UnsupportedTorch(
             f"dlviz needs {SUPPORTED_TEXT}; this is torch {version}"
             + (f", which lacks {', '.join(missing)}" if missing else "")
-            + ". Install a supported torch (pip install 'torch>=2.7,<2.15').")
+            + ". Install a supported torch (pip install 'torch>=2.7').")
 
 
 probe()
