@@ -18,7 +18,6 @@ from __future__ import annotations
 import array
 import os
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -94,9 +93,11 @@ def _index_column(drawn: list[tuple[int, list[Any]]], dataset: Any, size: int | 
     ``dataset[-1]``) become the index they stand for. Keys that are not ints (a
     dict-backed dataset) are ledgered by key: each becomes its position in ``labels``
     (the dataset's own ``keys()`` first, when it has them)."""
-    flat = chain.from_iterable(indices for _, indices in drawn)
     try:  # ints (and anything with __index__: numpy ints, int tensors); a float refused
-        column = np.frombuffer(array.array("q", flat), dtype=np.int64).copy()
+        joined = array.array("q")
+        for _, indices in drawn:  # mostly arrays already (recorder._compact)
+            joined += indices if isinstance(indices, array.array) else array.array("q", indices)
+        column = np.frombuffer(joined, dtype=np.int64).copy()
     except (TypeError, OverflowError):
         pass
     else:

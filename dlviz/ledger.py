@@ -109,7 +109,8 @@ def compute(size: int, keys: Any, occurrences: Occurrences) -> Ledger:
     pos[~inside] = size + np.searchsorted(outside, index[~inside])
     total = size + len(outside)
     best = np.full(total, NEVER, dtype=np.int8)
-    np.minimum.at(best, pos, fate)
+    for code in range(NEVER - 1, -1, -1):  # worst first: the best fate is written last
+        best[pos[fate == code]] = code
     delivered = fate == RANK["delivered"]
     deliveries = np.bincount(pos[delivered], minlength=total).astype(np.int32)
     counts = np.bincount(best, minlength=len(FATES))

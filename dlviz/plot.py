@@ -87,9 +87,17 @@ def _lane_column(events: Events) -> np.ndarray:
 
 
 def _pairs(rank: Any, worker: Any) -> list[Lane]:
-    """The distinct ``(rank, worker)`` pairs of two columns, sorted."""
-    key = np.unique(np.asarray(rank, dtype=np.int64) * 2**32 + np.asarray(worker, np.int64) + 8)
-    return [(int(k // 2**32), int(k % 2**32) - 8) for k in key.tolist()]
+    """The distinct ``(rank, worker)`` pairs of two columns, sorted (counted, not sorted:
+    a million events take milliseconds)."""
+    rank, worker = np.asarray(rank, dtype=np.int64), np.asarray(worker, dtype=np.int64) + 8
+    if not len(rank):
+        return []
+    out = []
+    ranks = np.flatnonzero(np.bincount(rank)) if rank.min() >= 0 else np.unique(rank)
+    for r in ranks.tolist():
+        mine = worker if len(ranks) == 1 else worker[rank == r]
+        out += [(r, w - 8) for w in np.flatnonzero(np.bincount(mine)).tolist()]
+    return out
 
 
 def _lanes(run: Run) -> dict[Lane, int]:

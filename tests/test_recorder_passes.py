@@ -45,11 +45,11 @@ def _check_complete_pass(run: dlviz.Run) -> None:
 
 @pytest.mark.parametrize("persistent", [True, False])
 def test_every_pass_of_many_is_recorded_whole(persistent: bool) -> None:
-    with dlviz.trace(_loader(persistent_workers=persistent)) as traced:
+    with dlviz.trace(_loader(persistent_workers=persistent), keep=None) as traced:
         for _ in range(PASSES):
             assert sum(1 for _ in traced) == N // BATCH
         runs = traced.runs
-    assert len(runs) == PASSES
+    assert len(runs) == PASSES and traced.passes_let_go == 0
     for run in runs:
         _check_complete_pass(run)
     first_batches = [min(e.batch for e in run.events if e.kind == "fetch") for run in runs]
