@@ -202,10 +202,16 @@ def build_run(notes: PassNotes) -> Run:
         keys, dataset_size = None, notes.dataset_size
         if notes.labels is not None:
             dataset_size = len(notes.labels)
-    return Run(config=notes.config, dataset_size=dataset_size, keys=keys, events=events,
+    run = Run(config=notes.config, dataset_size=dataset_size, keys=keys, events=events,
                errors=list(notes.errors), occurrences=occurrences, workers=workers,
                duration=duration, stop=notes.stop, origin=origin, notes=run_notes,
                labels=notes.labels)
+    outside = run.ledger.outside
+    if len(outside):
+        run.notes.append(f"{len(outside)} sampled indices are not in the dataset (such as "
+                         f"{', '.join(map(str, outside[:3].tolist()))}): the counts leave "
+                         "them out")
+    return run
 
 
 def _events(kind: str, worker: int, seq: Any, value: Any, start: Any, end: Any,

@@ -62,8 +62,11 @@ class Ledger:
     """Each index's best fate and delivery count, computed once per Run (vectorised).
 
     Positions ``0..n-1`` are the universe: indices ``0..dataset_size-1``, or a
-    stream's keys in sorted order (``keys``); indices outside it (an occurrence
-    of an index the dataset does not have) follow, in ``outside``.
+    stream's keys in sorted order (``keys``). Indices outside it (a sampler that
+    yields an index the dataset does not have; a stream key nobody expected)
+    follow, in ``outside``: ``fate()`` answers for them, but the summary's fate
+    counts are over the universe only, so they always add up to ``dataset_size``
+    (``deliveries`` and ``duplicated`` count every delivery, outside ones too).
     """
 
     keys: np.ndarray | None  # sorted universe keys; None: 0..size-1
@@ -113,10 +116,10 @@ def compute(size: int, keys: Any, occurrences: Occurrences) -> Ledger:
         best[pos[fate == code]] = code
     delivered = fate == RANK["delivered"]
     deliveries = np.bincount(pos[delivered], minlength=total).astype(np.int32)
-    counts = np.bincount(best, minlength=len(FATES))
+    counts = np.bincount(best[:size], minlength=len(FATES))  # the fates partition the dataset
     summary = {
         "dataset_size": size,
-        "sampled": int((best < NEVER).sum()),
+        "sampled": int((best[:size] < NEVER).sum()),
         "delivered": int(counts[RANK["delivered"]]),
         "deliveries": int(delivered.sum()),
         "duplicated": int((deliveries > 1).sum()),
