@@ -270,13 +270,17 @@ class EventLog:
         table = self.buffer.numpy().reshape(self.num_workers, self.capacity + HEADER, FIELDS)
         out = []
         for worker in range(self.num_workers):
-            header, records = table[worker, 0], table[worker, HEADER:]
-            records = records[:_complete(records)].copy()
+            header, region = table[worker, 0], table[worker, HEADER:]
+            region = region[:_complete(region)]
             spilled = self._spill_path(worker, int(header[PASS]))
-            if os.path.exists(spilled):  # what the region held before, in order
-                earlier = np.fromfile(spilled, dtype=np.int64)
-                earlier = earlier[:len(earlier) // FIELDS * FIELDS].reshape(-1, FIELDS)
-                records = np.concatenate([earlier[:_complete(earlier)], records])
+            size = os.path.getsize(spilled) // (FIELDS * 8) if os.path.exists(spilled) else 0
+            records = np.empty((size + len(region), FIELDS), dtype=np.int64)
+            if size:  # what the region held before, in order
+                with open(spilled, "rb") as f:
+                    f.readinto(records[:size].data.cast("B"))
+                size = _complete(records[:size])
+                records = records[:size + len(region)]
+            records[size:] = region
             if len(records):
                 out.append((worker, int(header[1]), bool(header[0]), records))
         if self.main:

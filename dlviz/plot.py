@@ -47,6 +47,9 @@ _LEDGER = ("delivered", "duplicated", "dropped", "failed", "filtered", "in_fligh
 _LEDGER_LABELS = {"delivered": "delivered once", "duplicated": "delivered 2+ times",
                   "in_flight": "in flight", "never_sampled": "never sampled"}
 _LEGEND = {"fontsize": 8, "frameon": False, "handlelength": 1.6, "borderaxespad": 0.0}
+MAX_LEADS = 1000
+"""More batches than this: the lines from each dispatch to its delivery are left out (at
+that density they are a grey wash); the triangles and circles stay."""
 DENSE_SPANS = 50_000
 """A lane with more spans than this is drawn as a density strip (how busy the lane
 was in each pixel column) instead of one bar per span: the same reading, drawn in
@@ -338,7 +341,7 @@ def _dispatches(ax: Axes, run: Run, batches: Sequence[BatchInfo], y: dict[Lane, 
         ax.scatter(xs, ys, s=12 if dense else 22, c=cs, marker="v", edgecolors=INK,
                    linewidths=0.6, zorder=5, gid="dispatch")
         legend["indices sent to worker"] = _key("v", "white", ms=6)
-    if segments:
+    if segments and len(segments) <= MAX_LEADS:
         ax.add_collection(LineCollection(segments, colors="#8A8A8A", linewidths=0.7,
                                          alpha=0.4 if dense else 0.7,
                                          linestyles=seg_styles, zorder=1.5, gid="lead"),

@@ -203,27 +203,30 @@ class Run:
             for key, part, k in zip(zip(r[starts].tolist(), b[starts].tolist()), parts,
                                     fate.tolist()):
                 groups[key] = (part.tolist(), ledger.FATES[k])
-        sent: dict[tuple[int, int], Event] = {}
-        done: dict[tuple[int, int], Event] = {}
-        for e in self.events.of_kind("dispatch", "deliver", "lost", "empty"):
-            if e.kind == "dispatch":
-                sent[(e.rank, e.batch)] = e
+        ends = self.events.of_kind("dispatch", "deliver", "lost", "empty")
+        sent: dict[tuple[int, int], tuple[int, int]] = {}  # (rank, batch) -> (worker, time)
+        done: dict[tuple[int, int], tuple[int, int, str]] = {}  # ... -> (worker, time, kind)
+        for kind, worker, rank, batch, start in zip(
+                ends.kind.tolist(), ends.column("worker").tolist(), ends.column("rank").tolist(),
+                ends.column("batch").tolist(), ends.column("start").tolist()):
+            if kind == "dispatch":
+                sent[(rank, batch)] = (worker, start)
             else:
-                done[(e.rank, e.batch)] = e
+                done[(rank, batch)] = (worker, start, kind)
         out = []
+        after = {"deliver": "delivered", "lost": "failed", "empty": "empty"}
         for key in sorted(set(groups) | set(sent) | set(done)):
             if key[1] < 0:
                 continue
             dispatch, end = sent.get(key), done.get(key)
-            worker = dispatch.worker if dispatch else end.worker if end else MAIN
+            worker = dispatch[0] if dispatch else end[0] if end else MAIN
             indices, fate_name = groups.get(key, ((), ""))
             if not fate_name:
-                fate_name = {"deliver": "delivered", "lost": "failed", "empty": "empty",
-                             None: "in_flight"}[end.kind if end else None]
+                fate_name = after[end[2]] if end else "in_flight"
             out.append(BatchInfo(
                 batch=key[1], worker=worker, indices=tuple(indices),
-                dispatched=dispatch.start if dispatch else None,
-                done=end.start if end else None, fate=fate_name, rank=key[0]))
+                dispatched=dispatch[1] if dispatch else None,
+                done=end[1] if end else None, fate=fate_name, rank=key[0]))
         return out
 
     def outstanding(self) -> list[tuple[int, int]]:
