@@ -9,19 +9,22 @@ indices it holds: ``batch.tolist()`` tells you exactly which samples arrived.
 
 - :class:`SyntheticDataset` (lessons 1-3, 7, 8): map-style, with a per-sample cost
   and injected faults (``fail_at``, ``crash_at``, ``hang_at``, ``none_at``).
-- :class:`SyntheticStream` (lesson 5): an IterableDataset with three sharding
+- :class:`SyntheticStream` (lesson 5): an IterableDataset with four sharding
   strategies, to show duplication and lossy sharding.
 - :class:`CountingDataset`, :class:`EpochDataset`, :class:`RandomDataset`
   (lesson 4): state that lives in worker processes.
 - :class:`RaisesAt` (lesson 3): the plain kind of Dataset a learner writes, with
   one index that raises.
 - :func:`collate_skip_none` (lesson 3): the "skip bad samples" collate pattern.
+- :func:`seed_rng_per_worker` (lesson 4): a ``worker_init_fn`` that gives each
+  worker's copy of a dataset its own NumPy ``Generator``.
 - :func:`make_loader`: a DataLoader with the notebook's ``start_method``.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,6 +45,7 @@ __all__ = [
     "RandomDataset",
     "RaisesAt",
     "collate_skip_none",
+    "seed_rng_per_worker",
     "make_loader",
 ]
 
@@ -81,6 +85,9 @@ class SyntheticDataset(Dataset[torch.Tensor | None]):
             (``os._exit``: no Python cleanup, like the OOM killer). In the main
             process (``num_workers=0``) it raises ``RuntimeError`` instead, so a
             notebook kernel is never killed.
+        crash_by: how a ``crash_at`` fetch ends its worker: ``"exit"`` (``os._exit``)
+            or ``"SIGKILL"`` (the worker kills itself with the signal the OOM killer
+            sends; where there is no SIGKILL, as on Windows, it exits instead).
         hang_at: indices whose fetch blocks forever, until the DataLoader's
             ``timeout`` fires and the worker is shut down. In the main process it
             raises ``RuntimeError`` instead, since nothing could interrupt it.
@@ -97,8 +104,10 @@ class SyntheticDataset(Dataset[torch.Tensor | None]):
         crash_at: Iterable[int] = (),
         hang_at: Iterable[int] = (),
         none_at: Iterable[int] = (),
+        crash_by: str = "exit",
     ) -> None:
         self.n = _check.count("n", n, maximum=MAX_N)
+        self.crash_by = _check.choice("crash_by", crash_by, ("exit", "SIGKILL"))
         self.cost_ms = _check.non_negative("cost_ms", cost_ms, maximum=MAX_COST_MS)
         self.work = _check.choice("work", work, ("sleep", "cpu"))
         self.fail_at = _check.index_set("fail_at", fail_at, self.n)
@@ -121,6 +130,8 @@ class SyntheticDataset(Dataset[torch.Tensor | None]):
                     f"SyntheticDataset: crash_at index {index} would kill the main process "
                     "(num_workers=0); use num_workers >= 1 to see a worker crash"
                 )
+            if self.crash_by == "SIGKILL" and hasattr(signal, "SIGKILL"):
+                os.kill(os.getpid(), signal.SIGKILL)
             os._exit(70)  # abrupt: no finally blocks, no atexit, like a SIGKILL
         if index in self.hang_at:
             if not _in_worker():
@@ -154,6 +165,8 @@ class SyntheticStream(IterableDataset[torch.Tensor]):
     - ``"floor"``: worker ``w`` yields ``[w*k, (w+1)*k)`` with ``k = n // num_workers``:
       the last ``n % num_workers`` samples are lost;
     - ``"stride"``: worker ``w`` yields ``w, w+W, w+2W, ...``: every sample once.
+    - ``"ceil"``: worker ``w`` yields ``[w*k, min(n, (w+1)*k))`` with ``k = ceil(n / W)``:
+      every sample once, the last worker gets fewer.
 
     ``fail_at`` keys raise ``ValueError`` inside the generator, which finishes that
     worker's generator (Python generators cannot resume after raising).
@@ -169,7 +182,7 @@ class SyntheticStream(IterableDataset[torch.Tensor]):
         fail_at: Iterable[int] = (),
     ) -> None:
         self.n = _check.count("n", n, maximum=MAX_N)
-        self.sharding = _check.choice("sharding", sharding, ("none", "floor", "stride"))
+        self.sharding = _check.choice("sharding", sharding, ("none", "floor", "stride", "ceil"))
         self.cost_ms = _check.non_negative("cost_ms", cost_ms, maximum=MAX_COST_MS)
         self.fail_at = _check.index_set("fail_at", fail_at, self.n)
 
@@ -181,6 +194,9 @@ class SyntheticStream(IterableDataset[torch.Tensor]):
         if self.sharding == "floor":
             share = self.n // count
             return range(w * share, (w + 1) * share)
+        if self.sharding == "ceil":
+            share = -(-self.n // count)
+            return range(min(self.n, w * share), min(self.n, (w + 1) * share))
         return range(w, self.n, count)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -307,6 +323,17 @@ def collate_skip_none(samples: Sequence[Any]) -> Any:
     if not kept:
         return torch.empty(0, dtype=torch.int64)
     return default_collate(kept)
+
+
+def seed_rng_per_worker(worker_id: int) -> None:
+    """``worker_init_fn``: replace the worker's copy of ``dataset.rng`` by a Generator
+    seeded from the worker's own seed (``get_worker_info().seed``, different in every
+    worker and every epoch). Lesson 4's recipe for :class:`RandomDataset`.
+    """
+    info = get_worker_info()
+    assert info is not None, "seed_rng_per_worker runs in DataLoader workers only"
+    dataset: Any = info.dataset  # a RandomDataset (or any dataset with an ``rng``)
+    dataset.rng = np.random.default_rng(info.seed)
 
 
 def make_loader(dataset: Any, *, start_method: str | None = None, **kwargs: Any) -> Any:
