@@ -93,6 +93,9 @@ class SyntheticDataset(Dataset[torch.Tensor | None]):
             raises ``RuntimeError`` instead, since nothing could interrupt it.
         none_at: indices for which ``__getitem__`` returns ``None`` (a bad sample);
             pair with :func:`collate_skip_none`.
+        slow_at: indices whose fetch takes ``slow_ms`` longer (one slow file), to
+            make one batch arrive late (lesson 1's ``in_order=False``).
+        slow_ms: the extra time of a ``slow_at`` fetch, at most :data:`MAX_COST_MS`.
     """
 
     def __init__(
@@ -105,8 +108,12 @@ class SyntheticDataset(Dataset[torch.Tensor | None]):
         hang_at: Iterable[int] = (),
         none_at: Iterable[int] = (),
         crash_by: str = "exit",
+        slow_at: Iterable[int] = (),
+        slow_ms: float = 250.0,
     ) -> None:
         self.n = _check.count("n", n, maximum=MAX_N)
+        self.slow_at = _check.index_set("slow_at", slow_at, self.n)
+        self.slow_ms = _check.non_negative("slow_ms", slow_ms, maximum=MAX_COST_MS)
         self.crash_by = _check.choice("crash_by", crash_by, ("exit", "SIGKILL"))
         self.cost_ms = _check.non_negative("cost_ms", cost_ms, maximum=MAX_COST_MS)
         self.work = _check.choice("work", work, ("sleep", "cpu"))
@@ -122,6 +129,8 @@ class SyntheticDataset(Dataset[torch.Tensor | None]):
         if not 0 <= index < self.n:
             raise IndexError(f"index {index} is out of range for a dataset of {self.n}")
         _spend(self.cost_ms, self.work)
+        if index in self.slow_at:
+            _spend(self.slow_ms, self.work)
         if index in self.fail_at:
             raise ValueError(f"SyntheticDataset: injected failure at index {index}")
         if index in self.crash_at:
