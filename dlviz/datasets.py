@@ -9,17 +9,22 @@ indices it holds: ``batch.tolist()`` tells you exactly which samples arrived.
 
 - :class:`SyntheticDataset` (lessons 1-3, 7, 8): map-style, with a per-sample cost
   and injected faults (``fail_at``, ``crash_at``, ``hang_at``, ``none_at``).
-- :class:`SyntheticStream` (lesson 5): an IterableDataset with three sharding
+- :class:`SyntheticStream` (lesson 5): an IterableDataset with four sharding
   strategies, to show duplication and lossy sharding.
 - :class:`CountingDataset`, :class:`EpochDataset`, :class:`RandomDataset`
   (lesson 4): state that lives in worker processes.
+- :class:`RaisesAt` (lesson 3): the plain kind of Dataset a learner writes, with
+  one index that raises.
 - :func:`collate_skip_none` (lesson 3): the "skip bad samples" collate pattern.
+- :func:`seed_rng_per_worker` (lesson 4): a ``worker_init_fn`` that gives each
+  worker's copy of a dataset its own NumPy ``Generator``.
 - :func:`make_loader`: a DataLoader with the notebook's ``start_method``.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,7 +43,9 @@ __all__ = [
     "CountingDataset",
     "EpochDataset",
     "RandomDataset",
+    "RaisesAt",
     "collate_skip_none",
+    "seed_rng_per_worker",
     "make_loader",
 ]
 
@@ -78,11 +85,17 @@ class SyntheticDataset(Dataset[torch.Tensor | None]):
             (``os._exit``: no Python cleanup, like the OOM killer). In the main
             process (``num_workers=0``) it raises ``RuntimeError`` instead, so a
             notebook kernel is never killed.
+        crash_by: how a ``crash_at`` fetch ends its worker: ``"exit"`` (``os._exit``)
+            or ``"SIGKILL"`` (the worker kills itself with the signal the OOM killer
+            sends; where there is no SIGKILL, as on Windows, it exits instead).
         hang_at: indices whose fetch blocks forever, until the DataLoader's
             ``timeout`` fires and the worker is shut down. In the main process it
             raises ``RuntimeError`` instead, since nothing could interrupt it.
         none_at: indices for which ``__getitem__`` returns ``None`` (a bad sample);
             pair with :func:`collate_skip_none`.
+        slow_at: indices whose fetch takes ``slow_ms`` longer (one slow file), to
+            make one batch arrive late (lesson 1's ``in_order=False``).
+        slow_ms: the extra time of a ``slow_at`` fetch, at most :data:`MAX_COST_MS`.
     """
 
     def __init__(
@@ -94,8 +107,14 @@ class SyntheticDataset(Dataset[torch.Tensor | None]):
         crash_at: Iterable[int] = (),
         hang_at: Iterable[int] = (),
         none_at: Iterable[int] = (),
+        crash_by: str = "exit",
+        slow_at: Iterable[int] = (),
+        slow_ms: float = 250.0,
     ) -> None:
         self.n = _check.count("n", n, maximum=MAX_N)
+        self.slow_at = _check.index_set("slow_at", slow_at, self.n)
+        self.slow_ms = _check.non_negative("slow_ms", slow_ms, maximum=MAX_COST_MS)
+        self.crash_by = _check.choice("crash_by", crash_by, ("exit", "SIGKILL"))
         self.cost_ms = _check.non_negative("cost_ms", cost_ms, maximum=MAX_COST_MS)
         self.work = _check.choice("work", work, ("sleep", "cpu"))
         self.fail_at = _check.index_set("fail_at", fail_at, self.n)
@@ -110,6 +129,8 @@ class SyntheticDataset(Dataset[torch.Tensor | None]):
         if not 0 <= index < self.n:
             raise IndexError(f"index {index} is out of range for a dataset of {self.n}")
         _spend(self.cost_ms, self.work)
+        if index in self.slow_at:
+            _spend(self.slow_ms, self.work)
         if index in self.fail_at:
             raise ValueError(f"SyntheticDataset: injected failure at index {index}")
         if index in self.crash_at:
@@ -118,6 +139,8 @@ class SyntheticDataset(Dataset[torch.Tensor | None]):
                     f"SyntheticDataset: crash_at index {index} would kill the main process "
                     "(num_workers=0); use num_workers >= 1 to see a worker crash"
                 )
+            if self.crash_by == "SIGKILL" and hasattr(signal, "SIGKILL"):
+                os.kill(os.getpid(), signal.SIGKILL)
             os._exit(70)  # abrupt: no finally blocks, no atexit, like a SIGKILL
         if index in self.hang_at:
             if not _in_worker():
@@ -151,6 +174,8 @@ class SyntheticStream(IterableDataset[torch.Tensor]):
     - ``"floor"``: worker ``w`` yields ``[w*k, (w+1)*k)`` with ``k = n // num_workers``:
       the last ``n % num_workers`` samples are lost;
     - ``"stride"``: worker ``w`` yields ``w, w+W, w+2W, ...``: every sample once.
+    - ``"ceil"``: worker ``w`` yields ``[w*k, min(n, (w+1)*k))`` with ``k = ceil(n / W)``:
+      every sample once, the last worker gets fewer.
 
     ``fail_at`` keys raise ``ValueError`` inside the generator, which finishes that
     worker's generator (Python generators cannot resume after raising).
@@ -166,7 +191,7 @@ class SyntheticStream(IterableDataset[torch.Tensor]):
         fail_at: Iterable[int] = (),
     ) -> None:
         self.n = _check.count("n", n, maximum=MAX_N)
-        self.sharding = _check.choice("sharding", sharding, ("none", "floor", "stride"))
+        self.sharding = _check.choice("sharding", sharding, ("none", "floor", "stride", "ceil"))
         self.cost_ms = _check.non_negative("cost_ms", cost_ms, maximum=MAX_COST_MS)
         self.fail_at = _check.index_set("fail_at", fail_at, self.n)
 
@@ -178,6 +203,9 @@ class SyntheticStream(IterableDataset[torch.Tensor]):
         if self.sharding == "floor":
             share = self.n // count
             return range(w * share, (w + 1) * share)
+        if self.sharding == "ceil":
+            share = -(-self.n // count)
+            return range(min(self.n, w * share), min(self.n, (w + 1) * share))
         return range(w, self.n, count)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -272,6 +300,27 @@ class RandomDataset(Dataset[torch.Tensor]):
         return torch.tensor([index, draw])
 
 
+class RaisesAt(Dataset[torch.Tensor]):
+    """``n`` samples; ``__getitem__`` raises ``ValueError`` at index ``bad``. Lesson 3.
+
+    Kept as plain as a learner's own Dataset (no dlviz in it). It lives in this
+    module, not in a notebook cell, because under spawn and forkserver each worker
+    imports the class by its module's name, and a notebook's ``__main__`` cannot be
+    imported.
+    """
+
+    def __init__(self, n: int, bad: int) -> None:
+        self.n, self.bad = n, bad
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if index == self.bad:
+            raise ValueError(f"cannot read sample {index}")
+        return torch.tensor(index)
+
+
 def collate_skip_none(samples: Sequence[Any]) -> Any:
     """Collate a batch after dropping ``None`` samples (the "skip bad samples" pattern).
 
@@ -283,6 +332,17 @@ def collate_skip_none(samples: Sequence[Any]) -> Any:
     if not kept:
         return torch.empty(0, dtype=torch.int64)
     return default_collate(kept)
+
+
+def seed_rng_per_worker(worker_id: int) -> None:
+    """``worker_init_fn``: replace the worker's copy of ``dataset.rng`` by a Generator
+    seeded from the worker's own seed (``get_worker_info().seed``, different in every
+    worker and every epoch). Lesson 4's recipe for :class:`RandomDataset`.
+    """
+    info = get_worker_info()
+    assert info is not None, "seed_rng_per_worker runs in DataLoader workers only"
+    dataset: Any = info.dataset  # a RandomDataset (or any dataset with an ``rng``)
+    dataset.rng = np.random.default_rng(info.seed)
 
 
 def make_loader(dataset: Any, *, start_method: str | None = None, **kwargs: Any) -> Any:

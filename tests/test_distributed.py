@@ -10,6 +10,8 @@ multiple of world_size (or trimmed down to one with the sampler's drop_last).
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections import Counter
 from typing import Any
 
@@ -176,4 +178,15 @@ def test_bad_arguments_are_named(kwargs: dict[str, Any], error: type[Exception],
 
 
 def test_exported_lazily_from_dlviz() -> None:
+    """``import dlviz`` leaves the distributed module (and torch.distributed's process
+    group machinery) unloaded; the first ``dlviz.record_ranks`` loads it. Checked in a
+    fresh interpreter: this one imported it at the top of the file."""
+    script = ("import sys, dlviz\n"
+              "assert 'dlviz.distributed' not in sys.modules, 'loaded by import dlviz'\n"
+              "from dlviz.distributed import record_ranks\n"
+              "assert dlviz.record_ranks is record_ranks\n"
+              "assert 'record_ranks' in dlviz.__all__\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
     assert dlviz.record_ranks is record_ranks

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import torch
 from deadline import Hung, deadline
+from helpers import check_ledger_adds_up, loop_all, loop_try_around_for, loop_try_around_next
 from torch.utils.data import (
     DataLoader,
     DistributedSampler,
@@ -43,60 +44,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:User
 
 
 # ---------------------------------------------------------------- ground truth
-def values(batches: Iterable[Any]) -> list[int]:
-    """The sample values (== indices / keys) in the order the loop saw them."""
-    out: list[int] = []
-    for batch in batches:
-        out += batch.tolist()
-    return out
-
-
-def loop_all(loader: Iterable[Any]) -> list[int]:
-    """A plain ``for batch in loader`` pass."""
-    return values(loader)
-
-
-def _detached(exc: BaseException) -> BaseException:
-    """The exception without tracebacks: they hold torch's iterator (and its workers)."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        e.__traceback__ = None
-        e = e.__cause__ or e.__context__
-    return exc
-
-
-def loop_try_around_for(loader: Iterable[Any]) -> tuple[list[int], list[BaseException]]:
-    """``try:`` around the whole ``for`` loop: the pass ends at the first error."""
-    seen: list[int] = []
-    errors: list[BaseException] = []
-    try:
-        for batch in loader:
-            seen += batch.tolist()
-    except Exception as exc:
-        errors.append(_detached(exc))
-    return seen, errors
-
-
-def loop_try_around_next(loader: Iterable[Any]) -> tuple[list[int], list[BaseException]]:
-    """``try:`` around each ``next()``: skip the failed batch and go on."""
-    seen: list[int] = []
-    errors: list[BaseException] = []
-    it = iter(loader)
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            break
-        except Exception as exc:
-            errors.append(_detached(exc))
-            continue
-        seen += batch.tolist()
-    del it
-    return seen, errors
-
-
 def assert_ledger_matches(run: dlviz.Run, seen: list[int], *, order: bool = True) -> None:
     """The ledger's delivered samples are exactly the ones the loop saw."""
     s = run.summary()
@@ -109,9 +56,7 @@ def assert_ledger_matches(run: dlviz.Run, seen: list[int], *, order: bool = True
         assert sorted(run.delivered()) == sorted(seen)
     fates = run.fates()
     assert {i for i, f in fates.items() if f == "delivered"} == set(seen)
-    # the fates add up: every index of the dataset has exactly one
-    assert sum(s[k] for k in ("delivered", "failed", "filtered", "in_flight", "dropped",
-                              "never_sampled")) == s["dataset_size"], s
+    check_ledger_adds_up(run)  # every index of the dataset has exactly one fate
 
 
 def loader(dataset: Any = None, **kwargs: Any) -> DataLoader[Any]:

@@ -1,0 +1,199 @@
+"""Scaffolding shared by the tests, written once: processes and descriptors left
+behind, the ledger adding up, the loop patterns a learner writes, the saved runs in
+``tests/fixtures/``, and the SIGINT disposition the interrupt tests rely on.
+
+Waits here end on an observed condition (the process is gone, the queue's feeder
+thread has ended); their deadlines are hang guards only, generous so that a loaded
+machine never fails a test that would pass on an idle one. A test that passes never
+waits for one.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import gc
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = HERE / "fixtures"
+HANG_GUARD_S = 60.0  # only a failing test waits this long
+FATE_NAMES = ("delivered", "failed", "filtered", "in_flight", "dropped", "never_sampled")
+
+
+# ---------------------------------------------------------------- processes
+def worker_children(recursive: bool = False) -> list[psutil.Process]:
+    """Child processes that could be DataLoader workers (not multiprocessing's helpers);
+    ``recursive``: grandchildren too, such as the forkserver's workers."""
+    out = []
+    for child in psutil.Process().children(recursive=recursive):
+        try:
+            cmdline = " ".join(child.cmdline())
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        if "resource_tracker" in cmdline or "forkserver" in cmdline:
+            continue
+        if "jupyter" in cmdline or "chromium" in cmdline or "ipykernel" in cmdline:
+            continue
+        out.append(child)
+    return out
+
+
+def live_processes() -> set[int]:
+    """Every live descendant that could be a worker, forkserver workers included."""
+    return {p.pid for p in worker_children(recursive=True)}
+
+
+def processes_left(before: set[int], recursive: bool = True,
+                   guard_s: float = HANG_GUARD_S) -> set[int]:
+    """Worker-like processes alive now that were not in ``before``, once those that are
+    exiting have exited (waited for until none is left; ``guard_s`` is a hang guard)."""
+    end = time.monotonic() + guard_s
+    while True:
+        left = {p.pid for p in worker_children(recursive)} - before
+        if not left or time.monotonic() > end:
+            return left
+        time.sleep(0.02)
+
+
+def assert_no_new_processes(before: set[int]) -> None:
+    left = processes_left(before)
+    assert not left, f"processes left alive: {sorted(left)}"
+
+
+# ---------------------------------------------------------------- file descriptors
+def open_descriptors() -> dict[int, str]:
+    """This process's open file descriptors and what each is (a pipe, a socket, a file)."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return found
+
+
+def queue_feeders() -> list[threading.Thread]:
+    """multiprocessing queues' feeder threads still running. A closed queue's pipe (its
+    two descriptors) is closed by its feeder thread as that thread ends, a moment after
+    ``close()`` returns: torch cancels the join, so nobody waits for it."""
+    return [t for t in threading.enumerate() if t.name == "QueueFeederThread" and t.is_alive()]
+
+
+def descriptors_gained(before: dict[int, str], guard_s: float = HANG_GUARD_S) -> list[str]:
+    """Descriptors open now beyond ``before``'s count, as ``"fd -> what"`` (empty: none).
+
+    Counted once the closing is over: garbage collected (a dropped queue's finalizer
+    tells its feeder thread to close the pipe) and every queue feeder thread ended
+    (observed, not waited for by the clock; ``guard_s`` is a hang guard, and a feeder
+    thread still alive then is reported as what keeps the descriptors open).
+    """
+    end = time.monotonic() + guard_s
+    while True:
+        gc.collect()
+        feeders = queue_feeders()
+        if not feeders or time.monotonic() > end:
+            break
+        for thread in feeders:
+            thread.join(timeout=0.1)
+    now = open_descriptors()
+    if len(now) <= len(before):
+        return []
+    gained = [f"{fd} -> {what}" for fd, what in sorted(now.items()) if before.get(fd) != what]
+    if feeders:
+        gained.append(f"({len(feeders)} queue feeder threads still running)")
+    return gained
+
+
+# ---------------------------------------------------------------- signals
+@contextlib.contextmanager
+def python_sigint() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in the main thread for the block (Python's own
+    handler), whatever this process inherited: a test command started in the
+    background (``./dev test &``, nohup, a CI wrapper) has SIGINT ignored, and a
+    Ctrl-C sent then would do nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ---------------------------------------------------------------- the ledger
+def check_ledger_adds_up(run: Any, n: int | None = None) -> None:
+    """Every index has exactly one fate; the summary's counts are the fates' counts
+    and add up to the dataset (of ``n`` samples, when given)."""
+    s = run.summary()
+    fates = run.fates()
+    assert set(fates.values()) <= set(FATE_NAMES), set(fates.values())
+    counted = collections.Counter(fates.values())
+    assert {f: s[f] for f in FATE_NAMES} == {f: counted.get(f, 0) for f in FATE_NAMES}, s
+    assert sum(s[f] for f in FATE_NAMES) == s["dataset_size"] == len(fates), s
+    if n is not None:
+        assert s["dataset_size"] == n, s
+
+
+# ---------------------------------------------------------------- loop patterns
+def detached(exc: BaseException) -> BaseException:
+    """The exception without tracebacks: they hold torch's iterator (and its workers)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return exc
+
+
+def loop_all(loader: Iterable[Any]) -> list[int]:
+    """A plain ``for`` loop: every sample seen, in order."""
+    return [i for batch in loader for i in batch.tolist()]
+
+
+def loop_try_around_for(loader: Iterable[Any]) -> tuple[list[int], list[BaseException]]:
+    """``try:`` around the whole ``for`` loop: the pass ends at the first error."""
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    try:
+        for batch in loader:
+            seen += batch.tolist()
+    except Exception as exc:
+        errors.append(detached(exc))
+    return seen, errors
+
+
+def loop_try_around_next(loader: Iterable[Any]) -> tuple[list[int], list[BaseException]]:
+    """``try:`` around each ``next()``: skip the failed batch and go on."""
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        except Exception as exc:
+            errors.append(detached(exc))
+            continue
+        seen += batch.tolist()
+    del it
+    return seen, errors
+
+
+# ---------------------------------------------------------------- saved runs
+def fixture_paths() -> list[Path]:
+    """The saved runs in ``tests/fixtures/``, sorted by name."""
+    return sorted(FIXTURES.glob("*.json"))
+
+
+def fixture_text(name: str) -> str:
+    """The JSON text of ``tests/fixtures/<name>.json``."""
+    return (FIXTURES / f"{name}.json").read_text()
