@@ -736,6 +736,26 @@ def _check_picklable(loader: DataLoader[Any], key: Any, method: str) -> None:
                 "cell or a lambda); see lesson 4") from None
 
 
+_SAMPLER_SETTINGS = ("replacement", "num_samples", "num_replicas", "rank", "shuffle", "seed",
+                     "drop_last", "epoch", "total_size")
+
+
+def _sampler_settings(sampler: Any) -> dict[str, Any]:
+    """The public settings of torch's samplers that decide which indices a pass draws
+    (``RandomSampler.replacement``, ``DistributedSampler.epoch``, ...): what
+    ``dlviz.explain`` reads to name a cause. Only plain numbers and flags are kept."""
+    out: dict[str, Any] = {}
+    for name in _SAMPLER_SETTINGS:
+        try:
+            value = getattr(sampler, name, None)
+        except Exception:  # a property that needs something the sampler lacks
+            continue
+        if isinstance(value, (bool, int)) and (isinstance(value, bool)
+                                               or -2**63 <= value < 2**63):
+            out[name] = value
+    return out
+
+
 def _describe(loader: DataLoader[Any], method: str, iterable: bool) -> dict[str, Any]:
     dataset = loader.dataset
     return {
@@ -751,6 +771,7 @@ def _describe(loader: DataLoader[Any], method: str, iterable: bool) -> dict[str,
         "timeout": float(loader.timeout),
         "start_method": method,
         "sampler": type(loader.sampler).__name__,
+        "sampler_settings": _sampler_settings(loader.sampler),
         "batch_sampler": (None if loader.batch_sampler is None
                           else type(loader.batch_sampler).__name__),
         "torch": torch.__version__.split("+")[0],

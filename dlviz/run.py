@@ -140,10 +140,11 @@ class Run:
         return dict(self.ledger.summary)
 
     def fates(self) -> dict[Any, str]:
-        """The fate of every index (or key, or label)."""
+        """The fate of every index (or key, or label) of the dataset; :meth:`fate` also
+        answers for an index a sampler yielded outside it."""
         led = self.ledger
-        names = np.array(ledger.FATES, dtype=object)[led.best].tolist()
-        indices = led.index_at().tolist()
+        names = np.array(ledger.FATES, dtype=object)[led.best[:led.size]].tolist()
+        indices = led.index_at()[:led.size].tolist()
         if self.labels is not None:
             indices = [self.labels[i] if 0 <= i < len(self.labels) else i for i in indices]
         return dict(zip(indices, names))
@@ -421,8 +422,9 @@ def _parse(data: Any) -> Run:
     _need(isinstance(data["config"], dict), "'config' must be an object")
     _need(_is_int(data["dataset_size"]) and data["dataset_size"] >= 0, "bad 'dataset_size'")
     keys = data["keys"]
-    _need(keys is None or (isinstance(keys, list) and all(_is_int(k) for k in keys)),
-          "'keys' must be null or a list of integers")
+    _need(keys is None or (isinstance(keys, list) and all(_is_int(k) and -2**63 <= k < 2**63
+                                                          for k in keys)),
+          "'keys' must be null or a list of 64-bit integers")
     labels = data.get("labels")
     _need(labels is None or (isinstance(labels, list) and all(isinstance(x, str)
                                                               for x in labels)),
