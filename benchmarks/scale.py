@@ -7,10 +7,13 @@ Each size runs in a fresh process (so its RSS is its own), twice: once for the
 times, once under ``tracemalloc`` for the bytes the Run holds (tracing slows
 everything ~10x, so no time is taken then).
 
-Printed per size: plain and traced pass (s) and their ratio, building the Run
-(us per sample), the Run's bytes per sample (tracemalloc), the process's RSS
+Printed per size: plain and traced pass (s, medians of interleaved repetitions:
+15 at 4096, 7 at 128k, 3 at 1.28M) and the paired median of plain/traced, building
+the Run (ms, and us per sample), the Run's bytes per sample (tracemalloc), the process's RSS
 growth over the whole audit (pass, build, summary, plot), ``summary()`` (ms),
-``fate(i)`` (us, median of 1000 random indices), ``plot_run`` to PNG (s).
+``fate(i)`` (us, median of 1000 random indices), ``plot_run`` to PNG (s), and in a
+third process the peak RSS of one whole audit (pass, build, summary, plot) over the
+RSS it started from (after matplotlib and a first pass were warmed up).
 ``--big`` adds a 10M-sample pass with 8 workers: whether every fetch event was
 kept, the event log's spill to disk, and the peak RSS.
 
@@ -31,6 +34,11 @@ import tracemalloc
 from typing import Any
 
 SIZES = (4096, 131_072, 1_281_167)
+
+
+def reps(n: int) -> int:
+    """Repetitions of the plain and traced pass at size ``n`` (fewer for big epochs)."""
+    return 15 if n <= 5000 else 7 if n <= 200_000 else 3
 TARGETS = "build <= 0.3 us/sample; Run <= 64 B/sample; audit <= 300 MB over start; " \
           "summary <= 50 ms, fate <= 50 us, plot <= 1 s at 1.28M"
 
@@ -55,7 +63,8 @@ def _loader(n: int, workers: int) -> Any:
     return DataLoader(SyntheticDataset(n), batch_size=256, num_workers=workers)
 
 
-def measure(n: int, workers: int, memory: bool) -> dict[str, Any]:
+def measure(n: int, workers: int, memory: bool = False, audit: bool = False
+            ) -> dict[str, Any]:
     """One size, in this process (called in a child by :func:`main`)."""
     import numpy as np
 
@@ -68,29 +77,43 @@ def measure(n: int, workers: int, memory: bool) -> dict[str, Any]:
         pass
     start_rss = _rss_mb()
     out: dict[str, Any] = {"samples": n}
-    if not memory:
+    if audit:  # one audit as a practitioner runs it: its peak RSS over the start
+        traced = dlviz.trace(_loader(n, workers))
+        for _ in traced:
+            pass
+        run = traced.run
+        run.summary()
+        dlviz.plot_run(run).savefig(io.BytesIO(), format="png")
+        out["audit_rss_mb"] = _peak_rss_mb() - start_rss
+        return out
+    if memory:
+        traced = dlviz.trace(_loader(n, workers))
+        for _ in traced:
+            pass
+        tracemalloc.start()
+        run = traced.run
+        out["run_bytes_per_sample"] = tracemalloc.get_traced_memory()[0] / n
+        tracemalloc.stop()
+        return out
+    plain, traced_s, builds = [], [], []
+    for _ in range(reps(n)):  # interleaved: the machine's drift hits both alike
         t = time.perf_counter()
         for _ in _loader(n, workers):
             pass
-        out["plain_s"] = time.perf_counter() - t
-    traced = dlviz.trace(_loader(n, workers))
-    t = time.perf_counter()
-    for _ in traced:
-        pass
-    traced_s = time.perf_counter() - t
-    if memory:
-        tracemalloc.start()
-    t = time.perf_counter()
-    run = traced.run
-    build_s = time.perf_counter() - t
-    if memory:
-        held = tracemalloc.get_traced_memory()[0]
-        out["run_bytes_per_sample"] = held / n
-        tracemalloc.stop()
-        return out
-    out["traced_s"] = traced_s
-    out["ratio"] = out["plain_s"] / traced_s
-    out["build_us_per_sample"] = build_s / n * 1e6
+        plain.append(time.perf_counter() - t)
+        traced = dlviz.trace(_loader(n, workers))
+        t = time.perf_counter()
+        for _ in traced:
+            pass
+        traced_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        run = traced.run
+        builds.append(time.perf_counter() - t)
+        del traced
+    out["plain_s"], out["traced_s"] = statistics.median(plain), statistics.median(traced_s)
+    out["ratio"] = statistics.median(p / q for p, q in zip(plain, traced_s))  # paired
+    out["build_us_per_sample"] = statistics.median(builds) / n * 1e6
+    out["build_ms"] = statistics.median(builds) * 1e3
     t = time.perf_counter()
     summary = run.summary()
     out["summary_ms"] = (time.perf_counter() - t) * 1e3
@@ -107,7 +130,6 @@ def measure(n: int, workers: int, memory: bool) -> dict[str, Any]:
     fig.savefig(io.BytesIO(), format="png")
     out["plot_s"] = time.perf_counter() - t
     out["events"] = len(run.events)
-    out["audit_rss_mb"] = _rss_mb() - start_rss
     out["notes"] = "; ".join(run.notes)
     return out
 
@@ -153,10 +175,12 @@ def main(quick: bool = False, sizes: tuple[int, ...] = SIZES, with_big: bool = F
     for n in sizes[:2] if quick else sizes:
         row = _child(["--size", str(n)])
         row.update(_child(["--size", str(n), "--memory"]))
+        row.update(_child(["--size", str(n), "--audit"]))
         rows.append({
             "samples": n, "events": row["events"],
             "plain / traced s": f"{row['plain_s']:.2f} / {row['traced_s']:.2f}",
-            "ratio": f"{row['ratio']:.2f}",
+            "plain/traced (paired median)": f"{row['ratio']:.2f}",
+            "build ms": f"{row['build_ms']:.1f}",
             "build us/sample": f"{row['build_us_per_sample']:.3f}",
             "Run B/sample": f"{row['run_bytes_per_sample']:.0f}",
             "audit RSS +MB": f"{row['audit_rss_mb']:.0f}",
@@ -173,7 +197,7 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     if "--size" in argv:
         size = int(argv[argv.index("--size") + 1])
-        print(json.dumps(measure(size, 2, memory="--memory" in argv)))
+        print(json.dumps(measure(size, 2, memory="--memory" in argv, audit="--audit" in argv)))
     elif argv == ["--big"]:
         print(json.dumps(big()))
     else:
