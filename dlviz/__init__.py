@@ -21,7 +21,7 @@ from dlviz.run import Event, Run, merge_runs
 # DataLoader workers (which import dlviz for its datasets) skip matplotlib and ipywidgets.
 _LAZY = {"record": "dlviz.recorder", "trace": "dlviz.recorder", "Traced": "dlviz.recorder",
          "plot_timeline": "dlviz.plot", "plot_ledger": "dlviz.plot", "plot_run": "dlviz.plot",
-         "plot_pipeline": "dlviz.plot",
+         "plot_pipeline": "dlviz.plot", "plot_passes": "dlviz.plot",
          "explore": "dlviz.explorer", "Explorer": "dlviz.explorer",
          "record_ranks": "dlviz.distributed"}
 

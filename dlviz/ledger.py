@@ -90,6 +90,16 @@ class Ledger:
             return self.size + k
         return -1
 
+    def positions(self, indices: np.ndarray) -> np.ndarray:
+        """:meth:`position` of many indices at once (-1: not in the dataset)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.keys is None:
+            return np.where((indices >= 0) & (indices < self.size), indices, -1)
+        if not self.size:
+            return np.full(len(indices), -1)
+        k = np.minimum(np.searchsorted(self.keys, indices), self.size - 1)
+        return np.where(self.keys[k] == indices, k, -1)
+
     def index_at(self) -> np.ndarray:
         """The index (or key) of every position."""
         inside = np.arange(self.size, dtype=np.int64) if self.keys is None else self.keys

@@ -33,7 +33,8 @@ from matplotlib.patches import FancyBboxPatch, Patch
 from dlviz.ledger import FATE_COLORS, FATES, SUMMARY_KEYS
 from dlviz.run import MAIN, BatchInfo, Events, Run
 
-__all__ = ["plot_timeline", "plot_ledger", "plot_run", "plot_pipeline", "BATCH_COLORS"]
+__all__ = ["plot_timeline", "plot_ledger", "plot_run", "plot_pipeline", "plot_passes",
+           "BATCH_COLORS"]
 
 BATCH_COLORS = ("#BBCCEE", "#CCDDAA", "#DDDDDD", "#EEEEBB", "#CCEEFF", "#E8D0E8", "#FFD8C8")
 """Pale tints for fetch spans, cycling with the batch number (7: never in step with
@@ -75,10 +76,17 @@ def _ranges(values: Iterable[int], limit: int = 3) -> str:
     return text + (f" and {more} more" if more else "")
 
 
-def _lane_name(lane: Lane, ranks: int) -> str:
+def _lane_name(lane: Lane, ranks: int, part: str = "rank") -> str:
+    """``worker 1``; with several ranks (or passes, merged by ``merge_runs``): ``rank 0
+    worker 1``."""
     rank, worker = lane
     name = {MAIN: "main", _LOADING: "main (fetch)"}.get(worker, f"worker {worker}")
-    return f"rank {rank} {name}" if ranks > 1 else name
+    return f"{part} {rank} {name}" if ranks > 1 else name
+
+
+def _part(run: Run) -> str:
+    """What a merged Run's ``rank`` column counts: ranks, or passes (epochs)."""
+    return "pass" if run.config.get("merged_by") == "pass" else "rank"
 
 
 def _lane_column(events: Events) -> np.ndarray:
@@ -178,7 +186,7 @@ def plot_timeline(run: Run, ax: Axes | None = None) -> Axes:
         for lane in _pairs(rank_of[kinds == code], lane_of[kinds == code]):
             mine = (kinds == code) & (rank_of == lane[0]) & (lane_of == lane[1])
             events = spans.where(mine)
-            name, ly = _lane_name(lane, ranks), y[lane]
+            name, ly = _lane_name(lane, ranks, _part(run)), y[lane]
             start = _ms(events.column("start"))
             stop = _ms(np.minimum(events.column("end"), deaths.get(lane, np.iinfo(np.int64).max)))
             if kind == "fetch":
@@ -208,7 +216,7 @@ def plot_timeline(run: Run, ax: Axes | None = None) -> Axes:
 
     ax.set_ylim(len(lanes) - 0.45, -0.75)
     ax.set_xlim(0, end_ms * 1.01)
-    ax.set_yticks(range(len(lanes)), [_lane_name(lane, ranks) for lane in lanes])
+    ax.set_yticks(range(len(lanes)), [_lane_name(lane, ranks, _part(run)) for lane in lanes])
     ax.tick_params(axis="y", length=0)
     ax.xaxis.set_visible(False)  # the time axis is drawn under the panel below
     ax.spines[:].set_visible(False)
@@ -533,7 +541,7 @@ def plot_run(run: Run) -> Figure:
     Lessons 0-8 all show their runs this way.
     """
     lanes = _lanes(run)
-    names = [_lane_name(lane, len({r for r, _ in lanes})) for lane in lanes]
+    names = [_lane_name(lane, len({r for r, _ in lanes}), _part(run)) for lane in lanes]
     left, right, width = max(1.0, 0.3 + 0.08 * max(map(len, names))), 2.75, 12.0
     rows = {"title": 0.55, "timeline": 0.5 * len(lanes) + 0.35, "window": 1.55, "ledger": 1.1,
             "gap": 0.55, "summary": 0.6, "bottom": 0.05}  # inches, top to bottom
@@ -549,6 +557,73 @@ def plot_run(run: Run) -> Figure:
     plot_ledger(run, fig.add_axes(box["ledger"]))
     _summary(fig, run, (0.2 / width, box["summary"][1], 1 - 0.4 / width, box["summary"][3]))
     return fig
+
+
+def plot_passes(runs: Run | Sequence[Run], ax: Axes | None = None, *, show: str = "fate"
+                ) -> Axes:
+    """Every index (columns) in every pass, or rank (rows): what a job did to each sample.
+
+    ``runs``: the passes of one job (``traced.runs``: epochs, or a checkpointed pass
+    and its resumed pass), or a Run merged by :func:`dlviz.merge_runs`. ``show``:
+    ``"fate"`` colours each cell by the index's fate in that pass (a resume that
+    repeats indices shows them delivered twice; one that skips, never delivered);
+    ``"order"`` colours it by when the index was delivered in its pass (dark: early,
+    light: late; grey: not delivered), so identical rows mean the same order every
+    epoch (``set_epoch`` forgotten). Lesson 9.
+    """
+    from dlviz.ledger import compute as ledger_of
+    from dlviz.run import merge_runs
+
+    if show not in ("fate", "order"):
+        raise ValueError(f"show must be 'fate' or 'order', not {show!r}")
+    if isinstance(runs, Run):
+        merged = runs
+    elif isinstance(runs, (list, tuple)):
+        merged = merge_runs(runs, by="pass")
+    else:
+        raise TypeError(f"runs must be a dlviz.Run or a list of them, not {type(runs).__name__}")
+    ax = ax or plt.gca()
+    led = merged.ledger
+    occ = merged.occurrences
+    part = occ.column("rank")
+    parts = int(part.max()) + 1 if len(part) else 1
+    word = _part(merged)
+    if show == "fate":
+        to_ledger = np.array([_LEDGER.index(f) for f in FATES], dtype=np.int8)
+        grid = np.stack([to_ledger[ledger_of(merged.dataset_size, merged.keys,
+                                             occ.where(part == p)).best[:led.size]]
+                         for p in range(parts)]) if led.size else np.zeros((parts, 0), np.int8)
+        table = np.array([to_rgba(FATE_COLORS[f]) for f in _LEDGER])
+        image = table[grid]
+        counts = np.bincount(grid.ravel(), minlength=len(_LEDGER))
+        handles = [Patch(color=FATE_COLORS[f], label=_LEDGER_LABELS.get(f, f))
+                   for i, f in enumerate(_LEDGER) if counts[i]]
+    else:
+        image = np.tile(np.array(to_rgba("#DDDDDD")), (parts, max(led.size, 1), 1))
+        cmap = plt.get_cmap("viridis")
+        for p in range(parts):
+            order = np.asarray(Run(config=merged.config, dataset_size=merged.dataset_size,
+                                   keys=merged.keys, events=merged.events.where(
+                                       merged.events.column("rank") == p), errors=[],
+                                   occurrences=occ.where(part == p), workers={}, duration=0,
+                                   stop="exhausted").delivered(), dtype=np.int64)
+            where = led.positions(order)
+            ok = where >= 0
+            image[p, where[ok]] = cmap(np.arange(len(order))[ok] / max(len(order) - 1, 1))
+        handles = [Patch(color=cmap(0.0), label="delivered first"),
+                   Patch(color=cmap(1.0), label="delivered last"),
+                   Patch(color="#DDDDDD", label="not delivered")]
+    ax.imshow(image, aspect="auto", interpolation="nearest",
+              extent=(-0.5, max(led.size, 1) - 0.5, parts - 0.5, -0.5), gid=f"passes:{show}")
+    ax.set_yticks(range(parts), [f"{word} {p}" for p in range(parts)])
+    unit = "key" if merged.keys is not None else "index"
+    ax.set_xlabel(f"dataset {unit} (position in the sorted dataset)" if merged.keys is not None
+                  else "dataset index", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), **_LEGEND)
+    what = "fate" if show == "fate" else "delivery order"
+    ax.set_title(f"Every {unit} in every {word}: its {what}", loc="left", fontsize=11)
+    return ax
 
 
 # ---------------------------------------------------------------- the pipeline map
@@ -772,7 +847,7 @@ def plot_pipeline(run: Run, ax: Axes | None = None) -> Axes:
     # per worker: index queue -> worker (fetch + collate) -> back to the main process
     for lane in f.lanes:
         y = lane_y[lane]
-        name = _lane_name(lane, ranks)
+        name = _lane_name(lane, ranks, _part(run))
         key = f"{lane[1]}" if ranks == 1 else f"{lane[0]}.{lane[1]}"
         _arrow(ax, (_edge("batch_sampler", 1), mid), (_edge("queue", -1), y),
                f"pipeline:arrow:send:{key}")

@@ -315,13 +315,21 @@ class Run:
                 f"{len(self.errors)} errors, stop={self.stop}>")
 
 
-def merge_runs(runs: Iterable[Run]) -> Run:
-    """One Run from the per-rank runs of one distributed job (lesson 6).
+def merge_runs(runs: Iterable[Run], *, by: str = "rank") -> Run:
+    """One Run, one ledger, from several: the ranks of one distributed job (lesson 6),
+    or the passes of one job (``by="pass"``: epochs; a checkpointed pass and the pass
+    that resumed it).
 
-    Rank ``r`` is the ``r``-th run. Times are aligned on the shared clock, every
-    event, error and occurrence keeps its rank, and the ledger spans all ranks:
-    an index delivered by two ranks counts as ``duplicated``.
+    Part ``r`` (the ``rank`` column: a rank, or a pass) is the ``r``-th run. Times
+    are aligned on the shared clock, every event, error and occurrence keeps its
+    part, and the ledger spans them all: ``run.ledger.deliveries[i]`` counts how
+    often index ``i`` reached a loop, and an index delivered in two parts is
+    ``duplicated`` (padding across ranks; across passes, every epoch delivers each
+    index once more: ``deliveries`` then tells a repeat from a skip).
+    :func:`dlviz.plot_passes` draws index x part.
     """
+    if by not in ("rank", "pass"):
+        raise ValueError(f"by must be 'rank' or 'pass', not {by!r}")
     try:
         if isinstance(runs, (str, bytes, Run)):
             raise TypeError
@@ -357,8 +365,10 @@ def merge_runs(runs: Iterable[Run]) -> Run:
         keys = np.unique(np.concatenate([np.asarray(r.universe, dtype=np.int64)
                                          for r in runs]))
     merged = Events.concat(events)
+    config = ({**runs[0].config, "world_size": len(runs)} if by == "rank"
+              else {**runs[0].config, "passes": len(runs)})
     return Run(
-        config={**runs[0].config, "world_size": len(runs)},
+        config={**config, "merged_by": by},
         dataset_size=len(keys) if keys is not None else max(r.dataset_size for r in runs),
         keys=keys,
         events=merged[np.argsort(merged.column("start"), kind="stable")],
@@ -554,4 +564,5 @@ _CONFIG_CHECKS = {
     "persistent_workers": lambda v: isinstance(v, bool),
     "pin_memory": lambda v: isinstance(v, bool),
     "dataset_kind": lambda v: v in ("map", "iterable"),
+    "merged_by": lambda v: v in ("rank", "pass"), "passes": _count_up_to(10**6),
 }
