@@ -394,6 +394,7 @@ class Traced:
         self.passes_let_go = 0  # passes older than the last ``keep``, no longer held
         if isinstance(loader, TracedLoader):
             raise ValueError("loader is already traced; pass the original DataLoader")
+        _check_faithful(loader)
         dataset = loader.dataset
         self.iterable = isinstance(dataset, IterableDataset)
         self.key, self.expected = _stream_keys(dataset, key, expected, self.iterable)
@@ -693,6 +694,29 @@ def _capacity(loader: DataLoader[Any]) -> int:
     batches = samples // max(1, loader.batch_size or 1) + 1
     per_pass = samples + 3 * batches + 64  # a fetch per sample; collate, end per batch
     return min(eventlog.REGION_RECORDS, per_pass)
+
+
+_BEHAVIOUR = ("__iter__", "_get_iterator", "state_dict", "load_state_dict", "__len__",
+              "_index_sampler")
+
+
+def _check_faithful(loader: DataLoader[Any]) -> None:
+    """Refuse a DataLoader subclass that changes how it iterates or keeps state.
+
+    dlviz records a pass by rebuilding the loader from its parts (dataset, sampler,
+    collate_fn, ...) as a plain DataLoader. A subclass with its own iteration (a
+    torchdata ``StatefulDataLoader``: its ``state_dict()`` would never advance, and
+    a job resumed from it would replay the whole epoch) would silently become
+    something else; better to say so.
+    """
+    changed = [name for name in _BEHAVIOUR
+               if getattr(type(loader), name, None) is not getattr(DataLoader, name, None)]
+    if changed:
+        raise ValueError(
+            f"loader is a {type(loader).__name__}, which changes {', '.join(changed)}: dlviz "
+            "rebuilds a loader as a plain torch DataLoader to record it, so this one would "
+            "not behave as yours does (a StatefulDataLoader's state_dict() would not "
+            "advance). Trace a plain DataLoader built from the same dataset and sampler.")
 
 
 def _start_method(loader: DataLoader[Any]) -> str:

@@ -203,3 +203,21 @@ def test_a_changed_torch_message_never_crashes_the_recorder() -> None:
     run = dlviz.record(DataLoader(_OddMessage(), batch_size=1), on_error="continue")
     assert [(e.kind, e.type) for e in run.errors] == [("exception", "RuntimeError")] * 2
     assert run.summary()["delivered"] >= 6
+
+
+def test_a_stateful_loader_is_refused_not_silently_changed() -> None:
+    """A torchdata StatefulDataLoader traced as a plain DataLoader would never advance
+    its own state_dict(): a job resumed from it would replay the epoch. Refused."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    loader = StatefulDataLoader(SyntheticDataset(100), batch_size=10)
+    with pytest.raises(ValueError, match="StatefulDataLoader.*state_dict"):
+        dlviz.trace(loader)
+    with pytest.raises(ValueError, match="state_dict"):
+        dlviz.record(loader)
+
+    class JustNamed(DataLoader):  # type: ignore[type-arg]  # changes nothing: traced
+        pass
+
+    assert dlviz.record(JustNamed(SyntheticDataset(10), batch_size=5)).summary()[
+        "delivered"] == 10
