@@ -37,6 +37,7 @@ def test_a_table_reads_like_records_and_like_columns() -> None:
     assert [e.index for e in fetches] == [7, 8] and fetches[0].start == 6
     assert fetches.start.tolist() == [6, 7] and fetches.kind.tolist() == ["fetch", "fetch"]
     assert events.where(events.column("end") > 8) == Events.from_rows(rows[1:])
+    assert events.of_kind("step") == [] and events.of_kind("fetch") == rows[1:]
     with pytest.raises(IndexError):
         events[3]
     with pytest.raises(ValueError, match="kind"):
@@ -82,8 +83,11 @@ def test_the_cached_ledger_equals_a_plain_count(size: int, occurrences: list[Any
               workers={}, duration=0, stop="exhausted")
     assert run.summary() == _naive(size, occ)
     fates = run.fates()
-    for index in {o.index for o in occ} | set(range(size)):
+    assert list(fates) == list(range(size))
+    for index in range(size):
         assert run.fate(index) == fates[index]
+    for o in occ:  # an index outside the dataset is answered too
+        assert FATES.index(run.fate(o.index)) <= FATES.index(o.fate)
     s = run.summary()
     assert sum(s[f] for f in FATES) == size  # the fates partition the dataset
 
