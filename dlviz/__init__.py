@@ -5,6 +5,7 @@
     run.summary(); run.fate(i)          # the ledger
     dlviz.plot_run(run)                 # timeline + ledger + counts
     dlviz.explore(num_workers=2)        # sliders that re-run a real DataLoader
+    dlviz.explain(run)                  # why samples are missing or repeated, by cause
 
 The notebooks in ``notebooks/`` teach with it, lesson by lesson.
 """
@@ -23,7 +24,8 @@ _LAZY = {"record": "dlviz.recorder", "trace": "dlviz.recorder", "Traced": "dlviz
          "plot_timeline": "dlviz.plot", "plot_ledger": "dlviz.plot", "plot_run": "dlviz.plot",
          "plot_pipeline": "dlviz.plot",
          "explore": "dlviz.explorer", "Explorer": "dlviz.explorer",
-         "record_ranks": "dlviz.distributed"}
+         "record_ranks": "dlviz.distributed",
+         "explain": "dlviz.explain", "Finding": "dlviz.explain", "plot_waterfall": "dlviz.plot"}
 
 __all__ = ["Run", "Event", "merge_runs", "datasets", "FATES", "FATE_COLORS", *_LAZY]
 __version__ = "0.1.0"
