@@ -15,6 +15,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# explain is loaded now, not lazily: it needs only numpy, and its module shares the
+# function's name. Imported lazily, the first `import dlviz.explain` (plot_waterfall
+# does one) would bind the *module* to dlviz.explain; imported here, the function wins.
+from dlviz.explain import Finding, explain
 from dlviz.ledger import FATE_COLORS, FATES
 from dlviz.run import Event, Run, merge_runs
 
@@ -25,9 +29,10 @@ _LAZY = {"record": "dlviz.recorder", "trace": "dlviz.recorder", "Traced": "dlviz
          "plot_pipeline": "dlviz.plot",
          "explore": "dlviz.explorer", "Explorer": "dlviz.explorer",
          "record_ranks": "dlviz.distributed",
-         "explain": "dlviz.explain", "Finding": "dlviz.explain", "plot_waterfall": "dlviz.plot"}
+         "plot_waterfall": "dlviz.plot"}
 
-__all__ = ["Run", "Event", "merge_runs", "datasets", "FATES", "FATE_COLORS", *_LAZY]
+__all__ = ["Run", "Event", "merge_runs", "explain", "Finding", "datasets", "FATES",
+           "FATE_COLORS", *_LAZY]
 __version__ = "0.1.0"
 
 

@@ -850,6 +850,8 @@ def plot_waterfall(run: Run, ax: Axes | None = None) -> Axes:
     """
     from dlviz.explain import CAUSE_FATE, explain
 
+    if not isinstance(run, Run):
+        raise TypeError(f"run must be a dlviz.Run, not {type(run).__name__}")
     ax = ax or plt.gca()
     findings = explain(run)
     n, delivered = run.dataset_size, run.summary()["delivered"]
