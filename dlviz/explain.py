@@ -125,7 +125,7 @@ class Finding:
     passes: tuple[int, ...] = ()
 
     def __str__(self) -> str:
-        return f"[{self.cause}] {self.message}\n    fix: {self.fix} (see {self.lesson})"
+        return f"[{self.cause}] {self.message}\n    fix: {self.fix}\n    see: {self.lesson}"
 
 
 def explain(run_or_runs: Run | Sequence[Run]) -> list[Finding]:
