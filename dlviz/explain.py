@@ -317,11 +317,12 @@ def _same_order(runs: list[Run]) -> list[Finding]:
         return []
     epoch = (runs[repeats[0]].config.get("sampler_settings") or {}).get("epoch", 0)
     names = ", ".join(str(k) for k in repeats)
-    message = (f"{len(repeats)} passes ({names}) drew exactly the same order as the pass "
-               f"before: DistributedSampler(shuffle=True) shuffles by seed + epoch, and "
-               f"epoch stayed {epoch}.")
-    fate_fix, lesson = CAUSES["set_epoch_missing"][1:]
-    return [Finding("set_epoch_missing", len(repeats), tuple(repeats), message, fate_fix,
+    which = f"pass {names}" if len(repeats) == 1 else f"{len(repeats)} passes ({names})"
+    message = (f"{which} drew exactly the same order as the pass before: "
+               f"DistributedSampler(shuffle=True) shuffles by seed + epoch, and epoch "
+               f"stayed {epoch}.")
+    _, fix, lesson = CAUSES["set_epoch_missing"]
+    return [Finding("set_epoch_missing", len(repeats), tuple(repeats), message, fix,
                     lesson, kind="order", passes=tuple(repeats))]
 
 

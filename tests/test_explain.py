@@ -232,6 +232,7 @@ def test_set_epoch_missing_across_passes() -> None:
     same = [f for f in found if f.cause == "set_epoch_missing"]
     assert len(same) == 1 and same[0].count == 2 and same[0].passes == (1, 2)
     assert same[0].kind == "order"
+    assert same[0].message.startswith("2 passes (1, 2) drew exactly the same order")
     assert [f.passes for f in found if f.cause == "other_ranks_share"] == [(0,), (1,), (2,)]
     assert not [f for f in dlviz.explain(passes(True)) if f.cause == "set_epoch_missing"]
 
