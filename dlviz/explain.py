@@ -174,9 +174,7 @@ def _one(run: Run, consider: np.ndarray, passes: tuple[int, ...]) -> list[Findin
         examples[cause] = (examples.get(cause, ()) + seen)[:EXAMPLES]
     out = [_finding(run, cause, sum(p.values()), examples[cause], passes, parts=p)
            for cause, p in parts.items() if sum(p.values())]
-    if consider.all():
-        out += _extra(run, passes)
-    return out
+    return out + _extra(run, passes)
 
 
 def _labels(run: Run) -> np.ndarray:
@@ -298,7 +296,7 @@ def _resumed(before: Run, after: Run, passes: tuple[int, int]) -> list[Finding]:
     out = [_finding(after, "resume_repeat", len(repeat), _examples(after, repeat), passes,
                     kind="extra"),
            _finding(after, "resume_skip", len(skip), _examples(after, skip), passes)]
-    out += _one(after, ~got_before & ~unsampled, passes)  # the resumed pass's own losses
+    out += _one(after, ~got_before & ~unsampled, passes)  # the resumed pass's own causes
     return [f for f in out if f.count > 0]
 
 

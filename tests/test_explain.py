@@ -254,6 +254,8 @@ def test_naive_resume_repeats_and_skips() -> None:
     assert found[("resume_skip", "missing")].count == len(skip) > 0
     assert set(found[("resume_skip", "missing")].examples) <= skip
     assert found[("resume_skip", "missing")].passes == (0, 1)
+    missed = N - len(seen | set(second.delivered()))  # in the epoch the two passes make
+    assert sum(f.count for f in found.values() if f.kind == "missing") == missed
     # an exact resume (the rest of the same permutation) repeats and skips nothing
     same = torch.randperm(N, generator=torch.Generator().manual_seed(1)).tolist()
     assert sorted(first.delivered()) == sorted(same[: k * BS])
