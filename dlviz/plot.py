@@ -4,6 +4,8 @@
 - :func:`plot_ledger`: what became of every dataset index (lessons 1-7).
 - :func:`plot_run`: both, plus the counts, as the notebooks and the explorer show it.
 - :func:`plot_pipeline`: the stages a batch goes through, with this run's counts (lesson 0).
+- :func:`plot_waterfall`: from the dataset's size to what your loop got, one bar per
+  cause that :func:`dlviz.explain` names (lesson 7).
 
 Plots read only a Run, so a run loaded with :meth:`dlviz.Run.from_json` draws
 anywhere, without torch. Fates always wear the colours of
@@ -34,7 +36,7 @@ from dlviz.ledger import FATE_COLORS, FATES, SUMMARY_KEYS
 from dlviz.run import MAIN, BatchInfo, Events, Run
 
 __all__ = ["plot_timeline", "plot_ledger", "plot_run", "plot_pipeline", "plot_passes",
-           "BATCH_COLORS"]
+           "plot_waterfall", "BATCH_COLORS"]
 
 BATCH_COLORS = ("#BBCCEE", "#CCDDAA", "#DDDDDD", "#EEEEBB", "#CCEEFF", "#E8D0E8", "#FFD8C8")
 """Pale tints for fetch spans, cycling with the batch number (7: never in step with
@@ -909,5 +911,54 @@ def plot_pipeline(run: Run, ax: Axes | None = None) -> Axes:
     ax.set_ylim(sinks_y + 0.55, -0.5)
     ax.set_axis_off()
     ax.set_title("Pipeline: the stages every batch passes through (numbers from this run)",
+                 loc="left", fontsize=11)
+    return ax
+
+
+def plot_waterfall(run: Run, ax: Axes | None = None) -> Axes:
+    """Where the samples went, as a waterfall: from the dataset's size down to the
+    distinct samples delivered, one bar per cause of :func:`dlviz.explain` (its count
+    and id, in the colour of the fate it leaves), then up by the repeated deliveries
+    to the samples your loop got. Every bar is an artist with gid ``waterfall:<id>``
+    (``dataset``, ``delivered``, ``got``, or a cause). Lesson 7.
+    """
+    from dlviz.explain import CAUSE_FATE, explain
+
+    if not isinstance(run, Run):
+        raise TypeError(f"run must be a dlviz.Run, not {type(run).__name__}")
+    ax = ax or plt.gca()
+    findings = explain(run)
+    n, delivered = run.dataset_size, run.summary()["delivered"]
+    # one bar: (id, label, bottom, top, colour, text above it)
+    bars: list[tuple[str, str, int, int, str, str]] = [("dataset", "dataset", 0, n, "#555555",
+                                                     str(n))]
+    level = n
+    for f in (f for f in findings if f.kind == "missing"):
+        bars.append((f.cause, f.cause, level - f.count, level,
+                     FATE_COLORS[CAUSE_FATE[f.cause]], f"-{f.count}"))
+        level -= f.count
+    bars.append(("delivered", "delivered\n(distinct)", 0, delivered, FATE_COLORS["delivered"],
+                 str(delivered)))
+    level = delivered
+    for f in (f for f in findings if f.kind == "extra"):
+        bars.append((f.cause, f.cause, level, level + f.count, FATE_COLORS["duplicated"],
+                     f"+{f.count}"))
+        level += f.count
+    if level > delivered:
+        bars.append(("got", "your loop\ngot", 0, level, FATE_COLORS["duplicated"], str(level)))
+    for x, (gid, _, bottom, top, color, text) in enumerate(bars):
+        ax.bar(x, top - bottom, bottom=bottom, color=color, width=0.7, gid=f"waterfall:{gid}",
+               hatch="//" if gid == "unexplained" else None)
+        ax.annotate(text, (x, top), xytext=(0, 2), textcoords="offset points", ha="center",
+                    va="bottom", fontsize=8)
+        if x + 1 < len(bars):  # the level the next bar starts from
+            step = bottom if text.startswith("-") else top
+            ax.plot([x - 0.35, x + 1.35], [step, step], color="#999999", lw=0.6)
+    ax.set_xticks(range(len(bars)), [label.replace("_", "_\n", 1) if "\n" not in label
+                                     else label for _, label, *_ in bars], fontsize=8)
+    ax.set_ylim(0, max(b[3] for b in bars) * 1.12 or 1)
+    ax.set_ylabel("samples", fontsize=9)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title(f"Where the samples went: {n} in the dataset, {delivered} delivered",
                  loc="left", fontsize=11)
     return ax

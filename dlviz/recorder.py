@@ -153,6 +153,8 @@ class _Epoch:
         self.notes: PassNotes | None = None
         self._run: Run | None = None
         self.loop: dict[str, Any] = {}  # record()'s loop settings, for the Run's config
+        # the sampler's settings as this pass begins (set_epoch may change them between)
+        self.settings = {"sampler_settings": _sampler_settings(traced.original.sampler)}
 
     def now(self) -> int:
         return clock() - self.origin
@@ -295,7 +297,8 @@ class _Epoch:
     def _snapshot(self, stop: str, duration: int) -> PassNotes:
         traced = self.traced
         return PassNotes.make(
-            config={**traced.config, **self.loop}, origin=self.origin, duration=duration,
+            config={**traced.config, **self.settings, **self.loop}, origin=self.origin,
+            duration=duration,
             stop=stop, iterable=traced.iterable, expected=traced.expected,
             dataset=traced.original.dataset, marks=self.marks, errors=self.errors,
             batches=self.batches, tail=self.tail, resolved=self.resolved,
