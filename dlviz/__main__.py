@@ -2,7 +2,7 @@
 
     python -m dlviz merge rank0.json rank1.json -o job.json       # ranks: one ledger
     python -m dlviz merge epoch0.json epoch1.json --by pass -o job.json
-    python -m dlviz summary job.json                                # counts, errors, notes
+    python -m dlviz summary job.json                  # counts, errors, notes, findings
     python -m dlviz report job.json -o report.html                  # one self-contained page
 
 Run files are what ``run.to_json(path)`` writes (lesson 7). A bad file or argument
@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dlviz.explain import explain
 from dlviz.ledger import SUMMARY_KEYS
 from dlviz.run import Run, merge_runs
 
@@ -73,6 +74,9 @@ def summary_text(run: Run) -> str:
               f"{e.index}: {e.message.strip().splitlines()[-1] if e.message.strip() else ''}"
               for e in run.errors]
     lines += [f"note: {n}" for n in run.notes]
+    if run.config.get("merged_by") != "pass":  # passes are explained from their own files
+        lines += ["", "where the data went (dlviz.explain):"]
+        lines += [str(f) for f in explain(run)] or ["  nothing is missing or repeated"]
     return "\n".join(lines)
 
 
@@ -87,11 +91,12 @@ def _png(fig: object) -> str:
 
 
 def report_html(run: Run, title: str) -> str:
-    """One self-contained HTML page: the summary table, the timeline and ledger, and
-    (for a merged run) every index in every pass or rank. Pictures are inlined."""
+    """One self-contained HTML page: the summary table, the timeline and ledger, where
+    the data went (:func:`dlviz.explain`'s findings and waterfall), and for a merged
+    run every index in every pass or rank. Pictures are inlined."""
     from matplotlib.figure import Figure
 
-    from dlviz.plot import plot_passes, plot_run
+    from dlviz.plot import plot_passes, plot_run, plot_waterfall
 
     s = run.summary()
     rows = "".join(f"<tr><th>{k.replace('_', ' ')}</th><td>{s[k]}</td></tr>"
@@ -101,6 +106,15 @@ def report_html(run: Run, title: str) -> str:
              f"<table>{rows}</table>",
              f'<h2>Timeline and ledger</h2><img alt="timeline and ledger" '
              f'src="data:image/png;base64,{_png(plot_run(run))}">']
+    if run.config.get("merged_by") != "pass":
+        findings = "".join(f"<li><b>{html.escape(f.cause)}</b> ({f.count}): "
+                           f"{html.escape(f.message)}<br><i>fix:</i> {html.escape(f.fix)} "
+                           f"<i>({html.escape(f.lesson)})</i></li>" for f in explain(run))
+        fig = Figure(figsize=(10, 3.2))
+        plot_waterfall(run, fig.add_axes((0.08, 0.15, 0.6, 0.72)))
+        findings = findings or "<li>nothing is missing or repeated</li>"
+        parts.append(f"<h2>Where the data went</h2><ul>{findings}</ul><img alt='waterfall' "
+                     f"src='data:image/png;base64,{_png(fig)}'>")
     if run.config.get("merged_by"):
         fig = Figure(figsize=(12, 1.2 + 0.35 * int(run.config.get("passes")
                                                    or run.config.get("world_size") or 1)))

@@ -45,6 +45,7 @@ def test_summary_prints_the_counts_of_the_file() -> None:
     counts = dict(re.findall(r"^\s+(\w+)\s+(\d+)$", done.stdout, re.M))
     assert {k: int(v) for k, v in counts.items()} == Run.from_json(path).summary()
     assert "error: exception" in done.stdout
+    assert "[worker_error] " in done.stdout  # dlviz.explain's finding for the lost batch
 
 
 @pytest.mark.parametrize("by", ["rank", "pass"])
@@ -63,7 +64,12 @@ def test_report_is_one_self_contained_page(tmp_path: Path) -> None:
     done = cli("report", tmp_path / "j.json", "-o", tmp_path / "report.html")
     assert done.returncode == 0, done.stderr
     page = (tmp_path / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 2  # timeline + ledger, the passes grid
+    # timeline + ledger, the waterfall, the passes grid
+    assert len(re.findall(r"""src=["']data:image/png;base64,""", page)) == 3
+    assert "Where the data went" in page
+    done = cli("report", FIXTURES / "drop_last.json", "-o", tmp_path / "single.html")
+    assert done.returncode == 0, done.stderr
+    assert "<b>drop_last</b> (5)" in (tmp_path / "single.html").read_text()  # indices 40-44
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)  # opens offline
     assert "<td>104</td>" in page  # deliveries of the merged job, from its summary
 
