@@ -206,12 +206,21 @@ def build_run(notes: PassNotes) -> Run:
                errors=list(notes.errors), occurrences=occurrences, workers=workers,
                duration=duration, stop=notes.stop, origin=origin, notes=run_notes,
                labels=notes.labels)
-    outside = run.ledger.outside
+    outside = _outside(run)
     if len(outside):
         run.notes.append(f"{len(outside)} sampled indices are not in the dataset (such as "
                          f"{', '.join(map(str, outside[:3].tolist()))}): the counts leave "
                          "them out")
     return run
+
+
+def _outside(run: Run) -> np.ndarray:
+    """Sampled indices the dataset does not have (without making the ledger: a dataset
+    of a billion samples must not cost a billion of anything before it is asked)."""
+    index = run.occurrences.column("index")
+    if run.keys is None:
+        return np.unique(index[(index < 0) | (index >= run.dataset_size)])
+    return np.unique(index[~np.isin(index, run.keys)])
 
 
 def _events(kind: str, worker: int, seq: Any, value: Any, start: Any, end: Any,

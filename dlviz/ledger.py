@@ -125,7 +125,9 @@ def compute(size: int, keys: Any, occurrences: Occurrences) -> Ledger:
     for code in range(NEVER - 1, -1, -1):  # worst first: the best fate is written last
         best[pos[fate == code]] = code
     delivered = fate == RANK["delivered"]
-    deliveries = np.bincount(pos[delivered], minlength=total).astype(np.int32)
+    deliveries = np.zeros(total, dtype=np.int32)  # (bincount without minlength: no int64
+    counted = np.bincount(pos[delivered])             # array as long as a huge dataset)
+    deliveries[:len(counted)] = counted
     counts = np.bincount(best[:size], minlength=len(FATES))  # the fates partition the dataset
     summary = {
         "dataset_size": size,
