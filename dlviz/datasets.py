@@ -13,8 +13,6 @@ indices it holds: ``batch.tolist()`` tells you exactly which samples arrived.
   strategies, to show duplication and lossy sharding.
 - :class:`CountingDataset`, :class:`EpochDataset`, :class:`RandomDataset`
   (lesson 4): state that lives in worker processes.
-- :class:`RaisesAt` (lesson 3): the plain kind of Dataset a learner writes, with
-  one index that raises.
 - :func:`collate_skip_none` (lesson 3): the "skip bad samples" collate pattern.
 - :func:`seed_rng_per_worker` (lesson 4): a ``worker_init_fn`` that gives each
   worker's copy of a dataset its own NumPy ``Generator``.
@@ -43,7 +41,6 @@ __all__ = [
     "CountingDataset",
     "EpochDataset",
     "RandomDataset",
-    "RaisesAt",
     "collate_skip_none",
     "seed_rng_per_worker",
     "make_loader",
@@ -298,27 +295,6 @@ class RandomDataset(Dataset[torch.Tensor]):
         else:
             draw = int(torch.randint(1_000_000, ()).item())
         return torch.tensor([index, draw])
-
-
-class RaisesAt(Dataset[torch.Tensor]):
-    """``n`` samples; ``__getitem__`` raises ``ValueError`` at index ``bad``. Lesson 3.
-
-    Kept as plain as a learner's own Dataset (no dlviz in it). It lives in this
-    module, not in a notebook cell, because under spawn and forkserver each worker
-    imports the class by its module's name, and a notebook's ``__main__`` cannot be
-    imported.
-    """
-
-    def __init__(self, n: int, bad: int) -> None:
-        self.n, self.bad = n, bad
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if index == self.bad:
-            raise ValueError(f"cannot read sample {index}")
-        return torch.tensor(index)
 
 
 def collate_skip_none(samples: Sequence[Any]) -> Any:

@@ -55,5 +55,7 @@ def test_lesson_structure(path: Path) -> None:
     assert "Exercise" in text and "Solution" in text
     for cell in cells:  # datasets and helpers come from dlviz, so spawn can import them
         code = "".join(cell["source"])
+        if code.startswith("%%writefile"):  # a module written from the notebook: importable
+            continue
         if cell["cell_type"] == "code" and ("class " in code or "lambda" in code):
             assert "bug-hunt" in cell["metadata"].get("tags", []), code[:80]
