@@ -32,9 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import ipywidgets as widgets
+import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hinting_flag
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.ft2font import RenderMode
 from torch.utils.data import DataLoader
 
 from dlviz import _check
@@ -206,6 +209,117 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+class _TextCache:
+    """Each line of text the explorer draws, rasterised once: its glyphs as one coverage
+    image (uint8), with the offsets of its left and top edges from the text's origin.
+
+    matplotlib 3.11's Agg draws text one glyph at a time in Python (a FreeType call, a
+    transform and a blit per glyph): about 60% of drawing ``plot_run``. A re-run draws
+    the same lane names, titles, legends and tick labels again, so they are drawn from
+    here instead, one blit per line. A line is placed on whole pixels (matplotlib places
+    glyphs on subpixels), a difference of under half a pixel. Bounded: cleared when full.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self.lines: dict[tuple[Any, ...], tuple[np.ndarray, int, int] | None] = {}
+
+    def get(self, renderer: RendererAgg, s: str, prop: FontProperties, mtext: Any
+            ) -> tuple[np.ndarray, int, int] | None:
+        features = mtext.get_fontfeatures() if mtext is not None else None
+        language = mtext.get_language() if mtext is not None else None
+        key = (s, tuple(prop.get_family()), prop.get_style(), prop.get_variant(),
+               prop.get_weight(), prop.get_stretch(), prop.get_size_in_points(),
+               prop.get_file(), renderer.dpi,
+               None if features is None else tuple(features), language)
+        if key not in self.lines:
+            if len(self.lines) >= self.LIMIT:
+                self.lines.clear()
+            self.lines[key] = self._rasterise(renderer, s, prop, features, language)
+        return self.lines[key]
+
+    @staticmethod
+    def _rasterise(renderer: RendererAgg, s: str, prop: FontProperties, features: Any,
+                   language: Any) -> tuple[np.ndarray, int, int] | None:
+        """The glyphs of ``s`` as matplotlib lays them out, drawn at the origin."""
+        font = renderer._prepare_font(prop)  # type: ignore[no-untyped-call]
+        flags = get_hinting_flag()  # type: ignore[no-untyped-call]
+        items = font._layout(s, flags=flags, features=features, language=language)
+        size = prop.get_size_in_points()
+        glyphs = []
+        for item in items:
+            ft = item.ft_object
+            ft.set_size(size, renderer.dpi)
+            ft._set_transform(np.array([[0x10000, 0], [0, 0x10000]]),
+                              [round(0x40 * item.x), round(0x40 * item.y)])
+            bitmap = ft._render_glyph(item.glyph_index, flags, RenderMode.NORMAL)
+            buffer = np.asarray(bitmap.buffer)
+            if buffer.size:
+                glyphs.append((buffer, int(bitmap.left), int(bitmap.top)))
+        if not glyphs:
+            return None
+        left = min(g[1] for g in glyphs)
+        top = max(g[2] for g in glyphs)
+        right = max(g[1] + g[0].shape[1] for g in glyphs)
+        bottom = min(g[2] - g[0].shape[0] for g in glyphs)
+        image = np.zeros((top - bottom, right - left), dtype=np.uint8)
+        for buffer, x, y in glyphs:
+            h, w = buffer.shape
+            region = image[top - y:top - y + h, x - left:x - left + w]
+            np.maximum(region, buffer, out=region)
+        return image, left, top
+
+
+class _CachedTextRenderer(RendererAgg):
+    """An Agg renderer that draws plain, unrotated text from a :class:`_TextCache`."""
+
+    def __init__(self, width: float, height: float, dpi: float, cache: _TextCache) -> None:
+        super().__init__(width, height, dpi)  # type: ignore[no-untyped-call]
+        self._cache = cache
+
+    def draw_text(self, gc: Any, x: float, y: float, s: str, prop: FontProperties,
+                  angle: float, ismath: Any = False, mtext: Any = None) -> None:
+        if ismath or angle % 360 or not gc.get_antialiased():
+            super().draw_text(gc, x, y, s, prop, angle, ismath, mtext)  # type: ignore[no-untyped-call]
+            return
+        line = self._cache.get(self, s, prop, mtext)
+        if line is None:
+            return
+        image, left, top = line
+        # as RendererAgg does per glyph: x right, FreeType's y up; the image's bottom edge
+        baseline = round(self.height - y)
+        self._renderer.draw_text_image(image, round(x) + left,
+                                       int(self.height) - (baseline + top) + image.shape[0],
+                                       0, gc)
+
+
+class _Canvas(FigureCanvasAgg):
+    """The explorer's one canvas: renderers kept per size (matplotlib caches text
+    measurements per renderer; a run with another lane count has another height) and
+    text drawn from one :class:`_TextCache`."""
+
+    KEEP = 4  # renderers kept (one per figure size seen lately; about 2 MB each)
+
+    def __init__(self, figure: Figure | None = None) -> None:
+        super().__init__(figure)
+        self.texts = _TextCache()
+        self._renderers: dict[tuple[Any, ...], _CachedTextRenderer] = {}
+
+    def get_renderer(self) -> RendererAgg:
+        w, h = self.get_width_height(physical=True)
+        key = (w, h, self.figure.dpi)
+        renderer = self._renderers.pop(key, None)
+        if renderer is None:
+            renderer = _CachedTextRenderer(w, h, self.figure.dpi, self.texts)
+            if len(self._renderers) >= self.KEEP:
+                self._renderers.pop(next(iter(self._renderers)))
+        self._renderers[key] = renderer  # most recent last
+        self.renderer = renderer
+        self._lastKey = key
+        return renderer
+
+
 def render_png(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None
                ) -> tuple[bytes, Figure]:
     """``plot_run(run)`` as PNG bytes, and the figure: what the explorer shows.
@@ -253,7 +367,7 @@ class Explorer(widgets.VBox):
         self._quiet = False  # the explorer is setting controls itself: not a request
         self._closed = False
         self._persistent: tuple[tuple[Any, ...], Traced] | None = None
-        self._canvas = FigureCanvasAgg(Figure())  # one renderer for every redraw
+        self._canvas = _Canvas(Figure())  # renderers and text kept for every redraw
         grid = widgets.GridBox(list(self.controls.values()), layout=widgets.Layout(
             grid_template_columns="repeat(3, minmax(240px, 1fr))"))
         super().__init__([grid, self.message, self.summary, self.figure])
