@@ -38,6 +38,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hi
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.ft2font import RenderMode
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from dlviz import _check
@@ -320,25 +321,46 @@ class _Canvas(FigureCanvasAgg):
         return renderer
 
 
-def render_png(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None
-               ) -> tuple[bytes, Figure]:
-    """``plot_run(run)`` as PNG bytes, and the figure: what the explorer shows.
+def draw_run(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None, *,
+             counts: bool = False) -> Figure:
+    """Build ``plot_run(run, counts=counts)`` and draw it at ``dpi`` on ``canvas``.
 
     Draws on an Agg canvas, never through pyplot, so nothing is left registered.
-    Pass the same ``canvas`` every time (the explorer keeps one) to draw with the
-    same renderer: matplotlib caches text measurements per renderer, so a redraw
-    skips measuring every label again (``benchmarks/explorer.py`` times both).
-    Call ``figure.clear()`` when done with it to give its memory back at once.
+    Pass the same ``canvas`` every time (the explorer keeps a :class:`_Canvas`): it
+    keeps its renderers, whose text measurements matplotlib caches, and draws each
+    line of text from its cache (``benchmarks/explorer.py`` times the difference).
+    The counts row is left out by default: the explorer shows them above the picture.
     """
-    fig = plot_run(run)
+    fig = plot_run(run, counts=counts)
+    fig.set_dpi(dpi)
     if canvas is None:
-        FigureCanvasAgg(fig)
+        canvas = _Canvas(fig)
     else:
         canvas.figure = fig
         fig.set_canvas(canvas)
+    canvas.draw()  # type: ignore[no-untyped-call]
+    return fig
+
+
+def encode_png(fig: Figure) -> bytes:
+    """The figure's canvas as drawn by :func:`draw_run`, as PNG bytes (RGB: nothing in
+    it is transparent; zlib level :data:`PNG_COMPRESSION`)."""
+    canvas = fig.canvas
+    assert isinstance(canvas, FigureCanvasAgg)
+    width, height = canvas.get_width_height(physical=True)
+    image = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(),  # type: ignore[no-untyped-call]
+                             "raw", "RGBA", 0, 1)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": PNG_COMPRESSION})
-    return buffer.getvalue(), fig
+    image.convert("RGB").save(buffer, format="png", compress_level=PNG_COMPRESSION)
+    return buffer.getvalue()
+
+
+def render_png(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None, *,
+               counts: bool = False) -> tuple[bytes, Figure]:
+    """What the explorer shows: :func:`draw_run` then :func:`encode_png`; the PNG
+    bytes and the figure."""
+    fig = draw_run(run, dpi, canvas, counts=counts)
+    return encode_png(fig), fig
 
 
 class Explorer(widgets.VBox):
@@ -509,10 +531,10 @@ class Explorer(widgets.VBox):
             error = f"{type(exc).__name__}: {exc}"
         if superseded():
             return
-        png, fig = b"", None
+        png = b""
         if run is not None:
             try:
-                png, fig = render_png(run, canvas=self._canvas)
+                png, _ = render_png(run, canvas=self._canvas)
             except Exception as exc:  # a drawing bug must not take the explorer down
                 error = f"could not draw the run: {type(exc).__name__}: {exc}"
         self.run = run
@@ -523,8 +545,9 @@ class Explorer(widgets.VBox):
              "data": {"image/png": base64.b64encode(png).decode(), "text/plain": repr(run)}},)
         self.summary.value = _summary_html(run) if run is not None else ""
         self.message.value = _message_html(notes, error, run, values["on_error"])
-        if fig is not None:  # after the picture is up: its memory back now, not at a gc
-            fig.clear()
+        # the figure is not cleared: Figure.clear() rebuilds every Axes' ticks (about a
+        # tenth of the drawing time) only to throw them away; the garbage collector
+        # takes the figure's cycles instead (the leak test counts figures after a gc)
 
     def _record(self, loader: DataLoader[Any], values: dict[str, Any],
                 superseded: Callable[[], bool]) -> Run:
