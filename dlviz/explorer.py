@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 from dlviz import _check
 from dlviz.datasets import SyntheticDataset, collate_skip_none
 from dlviz.ledger import FATE_COLORS
-from dlviz.plot import plot_run
+from dlviz.plot import _describe, _lane_name, _lanes, plot_ledger, plot_run, plot_timeline
 from dlviz.recorder import Traced, play
 from dlviz.run import Run
 
@@ -297,8 +297,9 @@ class _CachedTextRenderer(RendererAgg):
 
 class _Canvas(FigureCanvasAgg):
     """The explorer's one canvas: renderers kept per size (matplotlib caches text
-    measurements per renderer; a run with another lane count has another height) and
-    text drawn from one :class:`_TextCache`."""
+    measurements per renderer; a run with another lane count has another height),
+    text drawn from one :class:`_TextCache`, and the last figure kept to draw the next
+    run on (see :func:`draw_run`)."""
 
     KEEP = 4  # renderers kept (one per figure size seen lately; about 2 MB each)
 
@@ -306,6 +307,7 @@ class _Canvas(FigureCanvasAgg):
         super().__init__(figure)
         self.texts = _TextCache()
         self._renderers: dict[tuple[Any, ...], _CachedTextRenderer] = {}
+        self.kept: tuple[tuple[str, ...], Figure] | None = None  # (its lanes, the figure)
 
     def get_renderer(self) -> RendererAgg:
         w, h = self.get_width_height(physical=True)
@@ -331,7 +333,11 @@ def draw_run(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None, *,
     line of text from its cache (``benchmarks/explorer.py`` times the difference).
     The counts row is left out by default: the explorer shows them above the picture.
     """
-    fig = plot_run(run, counts=counts)
+    fig = _redraw(run, canvas) if isinstance(canvas, _Canvas) and not counts else None
+    if fig is None:
+        fig = plot_run(run, counts=counts)
+        if isinstance(canvas, _Canvas) and not counts:
+            canvas.kept = (_lane_names(run), fig)
     fig.set_dpi(dpi)
     if canvas is None:
         canvas = _Canvas(fig)
@@ -339,6 +345,43 @@ def draw_run(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None, *,
         canvas.figure = fig
         fig.set_canvas(canvas)
     canvas.draw()  # type: ignore[no-untyped-call]
+    return fig
+
+
+def _lane_names(run: Run) -> tuple[str, ...]:
+    """What ``plot_run``'s layout depends on: the lanes, by name (their number sets
+    the height, the longest name the left margin)."""
+    lanes = _lanes(run)
+    ranks = len({rank for rank, _ in lanes})
+    return tuple(_lane_name(lane, ranks) for lane in lanes)
+
+
+def _redraw(run: Run, canvas: _Canvas) -> Figure | None:
+    """``run`` drawn on the canvas's kept figure, if its layout fits (same lanes), else
+    None. The timeline's and the ledger's Axes are emptied, not cleared: an Axes made
+    or cleared builds its ticks again, most of what building ``plot_run`` costs; emptied,
+    it keeps them and :func:`plot_timeline` and :func:`plot_ledger` draw on it again
+    (the outstanding-batches panel is made anew by plot_timeline)."""
+    if canvas.kept is None or canvas.kept[0] != _lane_names(run):
+        return None
+    fig = canvas.kept[1]
+    timeline, ledger = fig.axes[:2]
+    for ax in (timeline, ledger):
+        for child in list(ax.child_axes):
+            child.remove()
+        for artists in (ax.collections, ax.images, ax.lines, ax.patches, ax.texts,
+                        ax.artists, ax.tables):
+            for artist in list(artists):
+                artist.remove()
+        if ax.legend_ is not None:
+            ax.legend_.remove()
+        ax.ignore_existing_data_limits = True  # limits from this run's data only
+    plot_timeline(run, timeline)
+    plot_ledger(run, ledger)
+    title = getattr(fig, "_suptitle", None)  # set by plot_run: its text only changes
+    if title is None:
+        return None
+    title.set_text(_describe(run))
     return fig
 
 
