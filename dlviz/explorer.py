@@ -365,7 +365,9 @@ def _redraw(run: Run, canvas: _Canvas) -> Figure | None:
     if canvas.kept is None or canvas.kept[0] != _lane_names(run):
         return None
     fig = canvas.kept[1]
-    timeline, ledger = fig.axes[:2]
+    if len(fig.axes) != 2 or getattr(fig, "_suptitle", None) is None:  # cleared since
+        return None
+    timeline, ledger = fig.axes
     for ax in (timeline, ledger):
         for child in list(ax.child_axes):
             child.remove()
