@@ -33,6 +33,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
 import ipywidgets as widgets
@@ -41,7 +42,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hinting_flag
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
-from matplotlib.ft2font import RenderMode
+from matplotlib.ft2font import FT2Font
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -214,6 +215,14 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+_GLYPHS = all(hasattr(FT2Font, name) for name in ("_layout", "_set_transform",
+                                                  "_render_glyph"))
+"""matplotlib draws text glyph by glyph (3.10 and later): the text cache applies. Earlier
+versions draw a line in one call already; their renderer is used as it is."""
+_NORMAL = getattr(import_module("matplotlib.ft2font"), "RenderMode", None)
+_NORMAL = getattr(_NORMAL, "NORMAL", None)
+
+
 class _TextCache:
     """Each line of text the explorer draws, rasterised once: its glyphs as one coverage
     image (uint8), with the offsets of its left and top edges from the text's origin.
@@ -258,7 +267,7 @@ class _TextCache:
             ft.set_size(size, renderer.dpi)
             ft._set_transform(np.array([[0x10000, 0], [0, 0x10000]]),
                               [round(0x40 * item.x), round(0x40 * item.y)])
-            bitmap = ft._render_glyph(item.glyph_index, flags, RenderMode.NORMAL)
+            bitmap = ft._render_glyph(item.glyph_index, flags, _NORMAL)
             buffer = np.asarray(bitmap.buffer)
             if buffer.size:
                 glyphs.append((buffer, int(bitmap.left), int(bitmap.top)))
@@ -285,7 +294,8 @@ class _CachedTextRenderer(RendererAgg):
 
     def draw_text(self, gc: Any, x: float, y: float, s: str, prop: FontProperties,
                   angle: float, ismath: Any = False, mtext: Any = None) -> None:
-        if ismath or angle % 360 or not gc.get_antialiased():
+        if (ismath or angle % 360 or not gc.get_antialiased() or not _GLYPHS
+                or _NORMAL is None):
             super().draw_text(gc, x, y, s, prop, angle, ismath, mtext)  # type: ignore[no-untyped-call]
             return
         line = self._cache.get(self, s, prop, mtext)
