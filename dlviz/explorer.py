@@ -13,6 +13,10 @@ has one ("tweak, twiddle, and frob"); lesson 0 shows how to use it.
   takes, and waits for it; it returns the new Run (tests and papermill use it).
 - Nothing escapes into your kernel: an impossible combination or an injected
   fault is explained inside the widget. A hang always runs with a timeout.
+- The picture is drawn for speed (issue 15; ``benchmarks/explorer.py`` times each
+  step): ``plot_run`` without its counts row (the counts are shown once, above it),
+  drawn on one kept canvas whose text cache blits each line of text at once, on the
+  kept figure while the lanes stay the same, encoded as a fast-zlib RGB PNG.
 - With ``persistent_workers`` on, the workers are kept while only the loop
   settings (``on_error``, ``max_batches``, ``step_ms``) change, as a training
   script keeps them from epoch to epoch; ``widget.close()`` stops them.
@@ -29,18 +33,23 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
 import ipywidgets as widgets
+import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hinting_flag
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.ft2font import FT2Font
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from dlviz import _check
 from dlviz.datasets import SyntheticDataset, collate_skip_none
 from dlviz.ledger import FATE_COLORS
-from dlviz.plot import plot_run
+from dlviz.plot import _describe, _lane_name, _lanes, plot_ledger, plot_run, plot_timeline
 from dlviz.recorder import Traced, play
 from dlviz.run import Run
 
@@ -206,25 +215,211 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def render_png(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None
-               ) -> tuple[bytes, Figure]:
-    """``plot_run(run)`` as PNG bytes, and the figure: what the explorer shows.
+_GLYPHS = all(hasattr(FT2Font, name) for name in ("_layout", "_set_transform",
+                                                  "_render_glyph"))
+"""matplotlib draws text glyph by glyph (3.10 and later): the text cache applies. Earlier
+versions draw a line in one call already; their renderer is used as it is."""
+_NORMAL = getattr(import_module("matplotlib.ft2font"), "RenderMode", None)
+_NORMAL = getattr(_NORMAL, "NORMAL", None)
+
+
+class _TextCache:
+    """Each line of text the explorer draws, rasterised once: its glyphs as one coverage
+    image (uint8), with the offsets of its left and top edges from the text's origin.
+
+    matplotlib 3.11's Agg draws text one glyph at a time in Python (a FreeType call, a
+    transform and a blit per glyph): about 60% of drawing ``plot_run``. A re-run draws
+    the same lane names, titles, legends and tick labels again, so they are drawn from
+    here instead, one blit per line. A line is placed on whole pixels (matplotlib places
+    glyphs on subpixels), a difference of under half a pixel. Bounded: cleared when full.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self.lines: dict[tuple[Any, ...], tuple[np.ndarray, int, int] | None] = {}
+
+    def get(self, renderer: RendererAgg, s: str, prop: FontProperties, mtext: Any
+            ) -> tuple[np.ndarray, int, int] | None:
+        features = mtext.get_fontfeatures() if mtext is not None else None
+        language = mtext.get_language() if mtext is not None else None
+        key = (s, tuple(prop.get_family()), prop.get_style(), prop.get_variant(),
+               prop.get_weight(), prop.get_stretch(), prop.get_size_in_points(),
+               prop.get_file(), renderer.dpi,
+               None if features is None else tuple(features), language)
+        if key not in self.lines:
+            if len(self.lines) >= self.LIMIT:
+                self.lines.clear()
+            self.lines[key] = self._rasterise(renderer, s, prop, features, language)
+        return self.lines[key]
+
+    @staticmethod
+    def _rasterise(renderer: RendererAgg, s: str, prop: FontProperties, features: Any,
+                   language: Any) -> tuple[np.ndarray, int, int] | None:
+        """The glyphs of ``s`` as matplotlib lays them out, drawn at the origin."""
+        font = renderer._prepare_font(prop)  # type: ignore[no-untyped-call]
+        flags = get_hinting_flag()  # type: ignore[no-untyped-call]
+        items = font._layout(s, flags=flags, features=features, language=language)
+        size = prop.get_size_in_points()
+        glyphs = []
+        for item in items:
+            ft = item.ft_object
+            ft.set_size(size, renderer.dpi)
+            ft._set_transform(np.array([[0x10000, 0], [0, 0x10000]]),
+                              [round(0x40 * item.x), round(0x40 * item.y)])
+            bitmap = ft._render_glyph(item.glyph_index, flags, _NORMAL)
+            buffer = np.asarray(bitmap.buffer)
+            if buffer.size:
+                glyphs.append((buffer, int(bitmap.left), int(bitmap.top)))
+        if not glyphs:
+            return None
+        left = min(g[1] for g in glyphs)
+        top = max(g[2] for g in glyphs)
+        right = max(g[1] + g[0].shape[1] for g in glyphs)
+        bottom = min(g[2] - g[0].shape[0] for g in glyphs)
+        image = np.zeros((top - bottom, right - left), dtype=np.uint8)
+        for buffer, x, y in glyphs:
+            h, w = buffer.shape
+            region = image[top - y:top - y + h, x - left:x - left + w]
+            np.maximum(region, buffer, out=region)
+        return image, left, top
+
+
+class _CachedTextRenderer(RendererAgg):
+    """An Agg renderer that draws plain, unrotated text from a :class:`_TextCache`."""
+
+    def __init__(self, width: float, height: float, dpi: float, cache: _TextCache) -> None:
+        super().__init__(width, height, dpi)  # type: ignore[no-untyped-call]
+        self._cache = cache
+
+    def draw_text(self, gc: Any, x: float, y: float, s: str, prop: FontProperties,
+                  angle: float, ismath: Any = False, mtext: Any = None) -> None:
+        if (ismath or angle % 360 or not gc.get_antialiased() or not _GLYPHS
+                or _NORMAL is None):
+            super().draw_text(gc, x, y, s, prop, angle, ismath, mtext)  # type: ignore[no-untyped-call]
+            return
+        line = self._cache.get(self, s, prop, mtext)
+        if line is None:
+            return
+        image, left, top = line
+        # as RendererAgg does per glyph: x right, FreeType's y up; the image's bottom edge
+        baseline = round(self.height - y)
+        self._renderer.draw_text_image(image, round(x) + left,
+                                       int(self.height) - (baseline + top) + image.shape[0],
+                                       0, gc)
+
+
+class _Canvas(FigureCanvasAgg):
+    """The explorer's one canvas: renderers kept per size (matplotlib caches text
+    measurements per renderer; a run with another lane count has another height),
+    text drawn from one :class:`_TextCache`, and the last figure kept to draw the next
+    run on (see :func:`draw_run`)."""
+
+    KEEP = 4  # renderers kept (one per figure size seen lately; about 2 MB each)
+
+    def __init__(self, figure: Figure | None = None) -> None:
+        super().__init__(figure)
+        self.texts = _TextCache()
+        self._renderers: dict[tuple[Any, ...], _CachedTextRenderer] = {}
+        self.kept: tuple[tuple[str, ...], Figure] | None = None  # (its lanes, the figure)
+
+    def get_renderer(self) -> RendererAgg:
+        w, h = self.get_width_height(physical=True)
+        key = (w, h, self.figure.dpi)
+        renderer = self._renderers.pop(key, None)
+        if renderer is None:
+            renderer = _CachedTextRenderer(w, h, self.figure.dpi, self.texts)
+            if len(self._renderers) >= self.KEEP:
+                self._renderers.pop(next(iter(self._renderers)))
+        self._renderers[key] = renderer  # most recent last
+        self.renderer = renderer
+        self._lastKey = key
+        return renderer
+
+
+def draw_run(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None, *,
+             counts: bool = False) -> Figure:
+    """Build ``plot_run(run, counts=counts)`` and draw it at ``dpi`` on ``canvas``.
 
     Draws on an Agg canvas, never through pyplot, so nothing is left registered.
-    Pass the same ``canvas`` every time (the explorer keeps one) to draw with the
-    same renderer: matplotlib caches text measurements per renderer, so a redraw
-    skips measuring every label again (``benchmarks/explorer.py`` times both).
-    Call ``figure.clear()`` when done with it to give its memory back at once.
+    Pass the same ``canvas`` every time (the explorer keeps a :class:`_Canvas`): it
+    keeps its renderers, whose text measurements matplotlib caches, and draws each
+    line of text from its cache (``benchmarks/explorer.py`` times the difference).
+    The counts row is left out by default: the explorer shows them above the picture.
     """
-    fig = plot_run(run)
+    fig = _redraw(run, canvas) if isinstance(canvas, _Canvas) and not counts else None
+    if fig is None:
+        fig = plot_run(run, counts=counts)
+        if isinstance(canvas, _Canvas) and not counts:
+            canvas.kept = (_lane_names(run), fig)
+    fig.set_dpi(dpi)
     if canvas is None:
-        FigureCanvasAgg(fig)
+        canvas = _Canvas(fig)
     else:
         canvas.figure = fig
         fig.set_canvas(canvas)
+    canvas.draw()  # type: ignore[no-untyped-call]
+    return fig
+
+
+def _lane_names(run: Run) -> tuple[str, ...]:
+    """What ``plot_run``'s layout depends on: the lanes, by name (their number sets
+    the height, the longest name the left margin)."""
+    lanes = _lanes(run)
+    ranks = len({rank for rank, _ in lanes})
+    return tuple(_lane_name(lane, ranks) for lane in lanes)
+
+
+def _redraw(run: Run, canvas: _Canvas) -> Figure | None:
+    """``run`` drawn on the canvas's kept figure, if its layout fits (same lanes), else
+    None. The timeline's and the ledger's Axes are emptied, not cleared: an Axes made
+    or cleared builds its ticks again, most of what building ``plot_run`` costs; emptied,
+    it keeps them and :func:`plot_timeline` and :func:`plot_ledger` draw on it again
+    (the outstanding-batches panel is made anew by plot_timeline)."""
+    if canvas.kept is None or canvas.kept[0] != _lane_names(run):
+        return None
+    fig = canvas.kept[1]
+    if len(fig.axes) != 2 or getattr(fig, "_suptitle", None) is None:  # cleared since
+        return None
+    timeline, ledger = fig.axes
+    for ax in (timeline, ledger):
+        for child in list(ax.child_axes):
+            child.remove()
+        for artists in (ax.collections, ax.images, ax.lines, ax.patches, ax.texts,
+                        ax.artists, ax.tables):
+            for artist in list(artists):
+                artist.remove()
+        if ax.legend_ is not None:
+            ax.legend_.remove()
+        ax.ignore_existing_data_limits = True  # limits from this run's data only
+    plot_timeline(run, timeline)
+    plot_ledger(run, ledger)
+    title = getattr(fig, "_suptitle", None)  # set by plot_run: its text only changes
+    if title is None:
+        return None
+    title.set_text(_describe(run))
+    return fig
+
+
+def encode_png(fig: Figure) -> bytes:
+    """The figure's canvas as drawn by :func:`draw_run`, as PNG bytes (RGB: nothing in
+    it is transparent; zlib level :data:`PNG_COMPRESSION`)."""
+    canvas = fig.canvas
+    assert isinstance(canvas, FigureCanvasAgg)
+    width, height = canvas.get_width_height(physical=True)
+    image = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(),  # type: ignore[no-untyped-call]
+                             "raw", "RGBA", 0, 1)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": PNG_COMPRESSION})
-    return buffer.getvalue(), fig
+    image.convert("RGB").save(buffer, format="png", compress_level=PNG_COMPRESSION)
+    return buffer.getvalue()
+
+
+def render_png(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None, *,
+               counts: bool = False) -> tuple[bytes, Figure]:
+    """What the explorer shows: :func:`draw_run` then :func:`encode_png`; the PNG
+    bytes and the figure."""
+    fig = draw_run(run, dpi, canvas, counts=counts)
+    return encode_png(fig), fig
 
 
 class Explorer(widgets.VBox):
@@ -253,7 +448,7 @@ class Explorer(widgets.VBox):
         self._quiet = False  # the explorer is setting controls itself: not a request
         self._closed = False
         self._persistent: tuple[tuple[Any, ...], Traced] | None = None
-        self._canvas = FigureCanvasAgg(Figure())  # one renderer for every redraw
+        self._canvas = _Canvas(Figure())  # renderers and text kept for every redraw
         grid = widgets.GridBox(list(self.controls.values()), layout=widgets.Layout(
             grid_template_columns="repeat(3, minmax(240px, 1fr))"))
         super().__init__([grid, self.message, self.summary, self.figure])
@@ -395,10 +590,10 @@ class Explorer(widgets.VBox):
             error = f"{type(exc).__name__}: {exc}"
         if superseded():
             return
-        png, fig = b"", None
+        png = b""
         if run is not None:
             try:
-                png, fig = render_png(run, canvas=self._canvas)
+                png, _ = render_png(run, canvas=self._canvas)
             except Exception as exc:  # a drawing bug must not take the explorer down
                 error = f"could not draw the run: {type(exc).__name__}: {exc}"
         self.run = run
@@ -409,8 +604,9 @@ class Explorer(widgets.VBox):
              "data": {"image/png": base64.b64encode(png).decode(), "text/plain": repr(run)}},)
         self.summary.value = _summary_html(run) if run is not None else ""
         self.message.value = _message_html(notes, error, run, values["on_error"])
-        if fig is not None:  # after the picture is up: its memory back now, not at a gc
-            fig.clear()
+        # the figure is not cleared: Figure.clear() rebuilds every Axes' ticks (about a
+        # tenth of the drawing time) only to throw them away; the garbage collector
+        # takes the figure's cycles instead (the leak test counts figures after a gc)
 
     def _record(self, loader: DataLoader[Any], values: dict[str, Any],
                 superseded: Callable[[], bool]) -> Run:

@@ -531,11 +531,13 @@ def _summary(fig: Figure, run: Run, box: tuple[float, float, float, float]) -> N
                  fontsize=9.5, linespacing=1.4, color=color, gid=f"count:{key}")
 
 
-def plot_run(run: Run) -> Figure:
+def plot_run(run: Run, *, counts: bool = True) -> Figure:
     """The whole run on one figure: timeline, ledger strip and the summary counts.
 
     Layout, top to bottom: :func:`plot_timeline` (with its outstanding-batches
-    panel), :func:`plot_ledger` as a strip, and the counts of ``run.summary()``.
+    panel), :func:`plot_ledger` as a strip, and the counts of ``run.summary()``
+    (``counts=False`` leaves that row out: the explorer shows the counts beside the
+    picture; the ledger's legend still gives each fate's count).
     The figure is a plain :class:`matplotlib.figure.Figure`, not registered with
     pyplot, so redrawing it on every slider change (the explorer does) leaks
     nothing; a notebook shows it when it is the cell's value. Fixed sizes and no
@@ -547,6 +549,8 @@ def plot_run(run: Run) -> Figure:
     left, right, width = max(1.0, 0.3 + 0.08 * max(map(len, names))), 2.75, 12.0
     rows = {"title": 0.55, "timeline": 0.5 * len(lanes) + 0.35, "window": 1.55, "ledger": 1.1,
             "gap": 0.55, "summary": 0.6, "bottom": 0.05}  # inches, top to bottom
+    if not counts:
+        rows.update(gap=0.45, summary=0.0)
     height = sum(rows.values())
     fig = Figure(figsize=(width, height), dpi=100)
     box, top = {}, height
@@ -557,7 +561,9 @@ def plot_run(run: Run) -> Figure:
                  fontweight="bold")
     plot_timeline(run, fig.add_axes(box["timeline"]))
     plot_ledger(run, fig.add_axes(box["ledger"]))
-    _summary(fig, run, (0.2 / width, box["summary"][1], 1 - 0.4 / width, box["summary"][3]))
+    if counts:
+        _summary(fig, run, (0.2 / width, box["summary"][1], 1 - 0.4 / width,
+                            box["summary"][3]))
     return fig
 
 

@@ -17,6 +17,7 @@ this test on a free port with a random token and a private settings directory
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -89,13 +90,13 @@ def _kernel_installed() -> bool:
     return done.returncode == 0 and KERNEL in json.loads(done.stdout)["kernelspecs"]
 
 
-def _notebook(path: Path) -> None:
+def _notebook(path: Path, source: str = SOURCE) -> None:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python (dlviz)",
                                  "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(SOURCE)]
+    nb.cells = [nbformat.v4.new_code_cell(source)]
     nbformat.write(nb, str(path))
 
 
@@ -132,16 +133,14 @@ def _stop(server: subprocess.Popen[bytes], base: str, token: str) -> None:
     psutil.wait_procs(family, timeout=10)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> Iterator[dict[str, Any]]:
-    """A JupyterLab server on a free port, serving a temp dir with the notebook."""
-    if not _kernel_installed():
-        pytest.fail(f"the {KERNEL!r} kernel is not installed: run ./dev test, or "
-                    f"{sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}")
-    home = tmp_path_factory.mktemp("lab")
+@contextlib.contextmanager
+def jupyter_lab(home: Path, source: str = SOURCE) -> Iterator[dict[str, Any]]:
+    """A JupyterLab server on a free port, serving ``home``/root with a notebook
+    ``explorer.ipynb`` whose one cell is ``source``; stopped, with its kernel, on exit.
+    Raises RuntimeError if it does not start (``benchmarks/browser.py`` uses it too)."""
     root = home / "root"
     root.mkdir()
-    _notebook(root / "explorer.ipynb")
+    _notebook(root / "explorer.ipynb", source)
     settings = home / "settings"
     plugin = settings / "@jupyterlab" / "apputils-extension"
     plugin.mkdir(parents=True)
@@ -166,20 +165,33 @@ def lab(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> Iterator[dic
         deadline = time.monotonic() + STARTUP_S
         while True:
             if server.poll() is not None:
-                pytest.fail(f"jupyter lab exited ({server.returncode}):\n"
-                            + (home / "server.log").read_text()[-3000:])
+                raise RuntimeError(f"jupyter lab exited ({server.returncode}):\n"
+                                   + (home / "server.log").read_text()[-3000:])
             try:
                 _get(f"{base}/api/status?token={token}")
                 break
             except (OSError, ValueError):
                 if time.monotonic() > deadline:
-                    pytest.fail("jupyter lab did not answer in time:\n"
-                                + (home / "server.log").read_text()[-3000:])
+                    raise RuntimeError("jupyter lab did not answer in time:\n"
+                                       + (home / "server.log").read_text()[-3000:]) from None
                 time.sleep(0.5)
         yield {"base": base, "token": token, "log": home / "server.log"}
     finally:
         _stop(server, base, token)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> Iterator[dict[str, Any]]:
+    """A JupyterLab server on a free port, serving a temp dir with the notebook."""
+    if not _kernel_installed():
+        pytest.fail(f"the {KERNEL!r} kernel is not installed: run ./dev test, or "
+                    f"{sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}")
+    try:
+        with jupyter_lab(tmp_path_factory.mktemp("lab")) as server:
+            yield server
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def _src(page: Any) -> str:

@@ -513,6 +513,22 @@ def test_the_image_is_a_png_of_the_run(make: Callable[..., Explorer]) -> None:
     assert explorer.png != png  # a new run, a new picture
 
 
+def test_the_kept_figure_draws_what_a_new_one_draws(make: Callable[..., Explorer]) -> None:
+    """The explorer draws each run on its kept figure (issue 15): the picture must be
+    the one a new figure gives, through faults, drops and lane changes; the counts are
+    shown once, in the widget, not also in the picture."""
+    explorer = make()
+    for change in ({"batch_size": 16}, {"fault": "exception", "fault_at": 20,
+                                        "on_error": "continue"},
+                   {"fault": "none", "drop_last": True, "n": 60}, {"num_workers": 3},
+                   {"num_workers": 2, "max_batches": 2}):
+        run = explorer.rerun(**change)
+        fresh, figure = explorer_module.render_png(run)  # a canvas and figure of its own
+        assert explorer.png == fresh, change
+        assert not [t for t in figure.texts if (t.get_gid() or "").startswith("count:")]
+        assert shown_counts(explorer) == run.summary()
+
+
 # ---------------------------------------------------------------- superseding
 SLOW = {"n": 400, "batch_size": 8, "cost_ms": 2.0}  # ~0.4 s with 2 workers
 
