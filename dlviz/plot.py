@@ -33,7 +33,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import FancyBboxPatch, Patch
 
 from dlviz.ledger import FATE_COLORS, FATES, SUMMARY_KEYS
-from dlviz.run import MAIN, BatchInfo, Events, Run
+from dlviz.run import MAIN, STATUSES, BatchInfo, Events, Run
 
 __all__ = ["plot_timeline", "plot_ledger", "plot_run", "plot_pipeline", "plot_passes",
            "plot_waterfall", "BATCH_COLORS"]
@@ -115,8 +115,9 @@ def _pairs(rank: Any, worker: Any) -> list[Lane]:
 
 def _lanes(run: Run) -> dict[Lane, int]:
     """Row of every lane, top to bottom: per rank, main, main's own fetches, workers."""
-    ev = run.events.where(~run.events.is_("kind", "deliver"))
-    lanes: set[Lane] = set(_pairs(ev.column("rank"), _lane_column(ev)))
+    ev = run.events
+    keep = ~ev.is_("kind", "deliver")
+    lanes: set[Lane] = set(_pairs(ev.column("rank")[keep], _lane_column(ev)[keep]))
     lanes |= {(r, MAIN) for r, _ in lanes} | {(0, MAIN)}
     if int(run.config.get("world_size", 1)) == 1:  # idle workers get a lane too
         lanes |= {(0, w) for w in range(int(run.config.get("num_workers", 0)))}
@@ -187,16 +188,17 @@ def plot_timeline(run: Run, ax: Axes | None = None) -> Axes:
         kind = spans.names["kind"][code]
         for lane in _pairs(rank_of[kinds == code], lane_of[kinds == code]):
             mine = (kinds == code) & (rank_of == lane[0]) & (lane_of == lane[1])
-            events = spans.where(mine)
             name, ly = _lane_name(lane, ranks, _part(run)), y[lane]
-            start = _ms(events.column("start"))
-            stop = _ms(np.minimum(events.column("end"), deaths.get(lane, np.iinfo(np.int64).max)))
+            start = _ms(spans.column("start")[mine])  # only the columns drawn are read
+            stop = _ms(np.minimum(spans.column("end")[mine],
+                                  deaths.get(lane, np.iinfo(np.int64).max)))
             if kind == "fetch":
                 drawn_fetches = True
-                _fetch_lane(ax, events, start, stop, ly, name, px_per_ms, end_ms, extra)
+                _fetch_lane(ax, spans.column("status")[mine], spans.column("batch")[mine],
+                            start, stop, ly, name, px_per_ms, end_ms, extra)
             else:
                 color = {"collate": COLLATE_COLOR, "wait": WAIT_COLOR, "step": STEP_COLOR}[kind]
-                bars = _bars(ax, start, stop, ly, color, f"{kind}:{name}") if len(events) <= \
+                bars = _bars(ax, start, stop, ly, color, f"{kind}:{name}") if len(start) <= \
                     DENSE_SPANS else _density(ax, start, stop, ly, color, f"{kind}:{name}", end_ms)
                 if bars and kind == "wait":  # measured inside __next__: on top of inferred steps
                     bars.set_zorder(2.2)
@@ -212,9 +214,11 @@ def plot_timeline(run: Run, ax: Axes | None = None) -> Axes:
         ax.plot(_ms([e.start for e in starts]), [y[(e.rank, e.worker)] for e in starts], "|",
                 color=INK, ms=14, mew=1.5, zorder=4, gid="worker_start")
         legend["worker started"] = _key("|", INK, ms=9)
-    batches = run.batches()
-    _dispatches(ax, run, batches, y, legend)
-    _errors(ax, run, batches, y, legend)
+    if len(run.of_kind("dispatch")) > MAX_LEADS:
+        _dispatches_dense(ax, run, y, legend)
+    else:
+        _dispatches(ax, run, run.batches(), y, legend)
+    _errors(ax, run, _dropped(run), y, legend)
 
     ax.set_ylim(len(lanes) - 0.45, -0.75)
     ax.set_xlim(0, end_ms * 1.01)
@@ -234,23 +238,22 @@ def plot_timeline(run: Run, ax: Axes | None = None) -> Axes:
     return ax
 
 
-def _fetch_lane(ax: Axes, events: Events, start: Any, stop: Any, ly: float, name: str,
-                px_per_ms: float, end_ms: float, extra: dict[str, Any]) -> None:
-    """One lane's fetches: tinted by batch, errors and None in fate colours, unfinished
-    ones hatched; past :data:`DENSE_SPANS`, a density strip with the odd ones on top."""
-    status = events.column("status")
-    ok = status == events.code_of("status", "ok")
-    raised = status == events.code_of("status", "raised")
-    none = status == events.code_of("status", "none")
-    unfinished = status == events.code_of("status", "unfinished")
-    batch = events.column("batch")
-    if len(events) > DENSE_SPANS:  # the common spans as density; the rare ones as bars
+def _fetch_lane(ax: Axes, status: Any, batch: Any, start: Any, stop: Any, ly: float,
+                name: str, px_per_ms: float, end_ms: float, extra: dict[str, Any]) -> None:
+    """One lane's fetches (their status codes and batches): tinted by batch, errors and
+    None in fate colours, unfinished ones hatched; past :data:`DENSE_SPANS`, a density
+    strip with the odd ones on top."""
+    ok = status == STATUSES.index("ok")
+    none = status == STATUSES.index("none")
+    unfinished = status == STATUSES.index("unfinished")
+    if len(status) > DENSE_SPANS:  # the common spans as density; the rare ones as bars
         _density(ax, start[ok], stop[ok], ly, BATCH_COLORS[0], f"fetch:{name}", end_ms)
         keep = ~ok
     else:
-        keep = np.ones(len(events), dtype=bool)
-    colors = _BATCH_RGBA[batch % len(BATCH_COLORS)]
-    colors[raised] = to_rgba(FATE_COLORS["failed"])
+        keep = np.ones(len(status), dtype=bool)
+    colors = np.zeros((len(status), 4))
+    colors[keep] = _BATCH_RGBA[batch[keep] % len(BATCH_COLORS)]
+    colors[status == STATUSES.index("raised")] = to_rgba(FATE_COLORS["failed"])
     colors[none] = to_rgba(FATE_COLORS["filtered"])
     done = keep & ~unfinished
     _bars(ax, start[done], stop[done], ly, colors[done], f"fetch:{name}")
@@ -259,7 +262,7 @@ def _fetch_lane(ax: Axes, events: Events, start: Any, stop: Any, ly: float, name
         extra["fetch never finished"] = Patch(fc=BATCH_COLORS[0], ec="#666666", hatch="////")
     if none.any():
         extra["fetch returned None"] = Patch(color=FATE_COLORS["filtered"])
-    if len(events) <= DENSE_SPANS:
+    if len(status) <= DENSE_SPANS:
         _batch_numbers(ax, batch, start, stop, ly, px_per_ms)
 
 
@@ -364,6 +367,50 @@ def _dispatches(ax: Axes, run: Run, batches: Sequence[BatchInfo], y: dict[Lane, 
                     ms=4 if dense else 5, zorder=5, gid=f"end:{fate}")
             legend[label] = _key("o", "#8A8A8A", ls="-", lw=0.7, mfc=FATE_COLORS[fate], mew=0.5,
                                  ms=5)
+
+
+def _dispatches_dense(ax: Axes, run: Run, y: dict[Lane, float], legend: dict[str, Any]) -> None:
+    """:func:`_dispatches` past :data:`MAX_LEADS` batches, from the event columns: the
+    triangles and the circles, no lines (at that density they are a grey wash)."""
+    sent = run.of_kind("dispatch")
+    worker = sent.column("worker").astype(np.int64)
+    lane = np.where(worker == MAIN, _LOADING, worker)
+    rank = sent.column("rank").astype(np.int64)
+    row = np.array([y.get((r, w), np.nan) for r, w in zip(rank.tolist(), lane.tolist())])
+    shown = ~np.isnan(row)
+    ax.scatter(_ms(sent.column("start"))[shown], row[shown] - _H / 2 - 0.08, s=12,
+               c=_BATCH_RGBA[sent.column("batch")[shown] % len(BATCH_COLORS)], marker="v",
+               edgecolors=INK, linewidths=0.6, zorder=5, gid="dispatch")
+    legend["indices sent to worker"] = _key("v", "white", ms=6)
+    for kind, fate, label in (("deliver", "delivered", "delivered to your loop"),
+                              ("lost", "failed", "lost with an error")):
+        ends = run.of_kind(kind)
+        if not len(ends):
+            continue
+        main = np.array([y[(r, MAIN)] for r in ends.column("rank").tolist()])
+        ax.plot(_ms(ends.column("start")), main + _H / 2 + 0.08, "o", color=FATE_COLORS[fate],
+                mec=INK, mew=0.5, ms=4, zorder=5, gid=f"end:{fate}")
+        legend[label] = _key("o", "#8A8A8A", ls="-", lw=0.7, mfc=FATE_COLORS[fate], mew=0.5,
+                             ms=5)
+
+
+def _dropped(run: Run) -> list[BatchInfo]:
+    """The batches ``drop_last`` threw away, with their indices (from the ledger's
+    columns: no list of every batch)."""
+    occ = run.occurrences
+    drop = occ.is_("fate", "dropped")
+    if not drop.any():
+        return []
+    rank, batch, index = (occ.column(n)[drop] for n in ("rank", "batch", "index"))
+    sent = run.of_kind("dispatch")
+    worker_of = dict(zip(zip(sent.column("rank").tolist(), sent.column("batch").tolist()),
+                         sent.column("worker").tolist()))
+    out = []
+    for r, b in sorted(set(zip(rank.tolist(), batch.tolist()))):
+        mine = (rank == r) & (batch == b)
+        out.append(BatchInfo(b, worker_of.get((r, b), MAIN), tuple(index[mine].tolist()),
+                             None, None, "dropped", r))
+    return out
 
 
 def _errors(ax: Axes, run: Run, batches: Sequence[BatchInfo], y: dict[Lane, float],

@@ -225,3 +225,29 @@ def test_a_stateful_loader_is_refused_not_silently_changed() -> None:
 
     assert dlviz.record(JustNamed(SyntheticDataset(10), batch_size=5)).summary()[
         "delivered"] == 10
+
+
+def test_an_epoch_scale_timeline_keeps_its_reading() -> None:
+    """Past DENSE_SPANS fetches in a lane and MAX_LEADS batches, the timeline draws a
+    density strip and markers from the columns: the lanes, the error, the dropped tail and
+    every delivery are still there."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dlviz import plot
+
+    n = plot.DENSE_SPANS + 4_000
+    run = dlviz.record(DataLoader(SyntheticDataset(n, fail_at=[777]), batch_size=32,
+                                  drop_last=True), on_error="continue")
+    assert len(run.of_kind("fetch")) > plot.DENSE_SPANS
+    assert len(run.of_kind("dispatch")) > plot.MAX_LEADS
+    fig, ax = plt.subplots()
+    plot.plot_timeline(run, ax)
+    gids = [a.get_gid() for a in ax.get_children()]
+    assert "density:fetch:main (fetch)" in gids and "error:exception" in gids
+    assert "dropped" in gids and "dispatch" in gids
+    delivered = [a for a in ax.get_lines() if a.get_gid() == "end:delivered"]
+    assert len(delivered[0].get_xdata()) == len(run.of_kind("deliver")) == n // 32 - 1
+    plt.close(fig)
