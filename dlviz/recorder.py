@@ -80,7 +80,7 @@ _FATE_MARKS = {"delivered": "deliver", "failed": "lost"}  # a batch's fate -> it
 class _BatchDrawer:
     """Draws batches from the user's sampler (main process only) and logs each draw."""
 
-    def __init__(self, loader: DataLoader[Any], box: torch_hooks._EpochBox) -> None:
+    def __init__(self, loader: DataLoader[Any], box: torch_hooks.EpochBox) -> None:
         self.box = box
         self.seq = itertools.count()
         self.batch_size = loader.batch_size
@@ -407,7 +407,7 @@ class Traced:
         self.epochs: list[_Epoch] = []
         self._iterator: TracedIterator | None = None
         self.log = EventLog(loader.num_workers, _capacity(loader))
-        self.box = torch_hooks._EpochBox()
+        self.box = torch_hooks.EpochBox()
         self.drawer = _BatchDrawer(loader, self.box)
         method = _start_method(loader)
         if method in ("spawn", "forkserver"):

@@ -13,7 +13,7 @@ still reads like a list of records where a learner wants one::
 
 Fields whose values are names (an event's ``kind`` and ``status``, an
 occurrence's ``fate``) are stored as small integer codes; the attribute gives
-the names back, :meth:`Table.codes` the codes. Lesson 0 introduces the events.
+the names back, :meth:`Table.column` the codes. Lesson 0 introduces the events.
 """
 
 from __future__ import annotations
@@ -87,9 +87,6 @@ class Table:
 
     def column(self, name: str) -> np.ndarray:
         """The raw column (codes for coded fields); do not modify it."""
-        return self._columns[name]
-
-    def codes(self, name: str) -> np.ndarray:
         return self._columns[name]
 
     def code_of(self, name: str, value: str) -> int:

@@ -101,7 +101,7 @@ def dead_pids(message: str) -> list[int] | None:
     return [int(p) for p in re.findall(r"\d+", found.group(1))]
 
 
-class _EpochBox:
+class EpochBox:
     """Where the iterator hooks find the epoch being recorded (one per traced loader)."""
 
     epoch: _Epoch
@@ -111,7 +111,7 @@ class TracedLoader(DataLoader[Any]):
     """A DataLoader whose batches come from dlviz's drawer (``recorder._BatchDrawer``)
     and whose iterator reports dispatches, arrivals and deliveries."""
 
-    dlviz_box: _EpochBox
+    dlviz_box: EpochBox
     dlviz_drawer: _BatchDrawer
 
     @property
