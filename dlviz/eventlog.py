@@ -138,7 +138,7 @@ class EventLog:
     def new_pass(self) -> None:
         """In the main process, once the last pass's Run is built: tell persistent workers
         to empty their regions and log the next pass from the start."""
-        table = self.buffer.numpy().reshape(self.num_workers, self.capacity + HEADER, FIELDS)
+        table = self._table()
         table[:, 0, PASS] += 1
 
     def _start_pass(self) -> None:
@@ -255,7 +255,7 @@ class EventLog:
     def forget_pass(self) -> None:
         """In the main process, once a pass's records are copied: remove its spill files."""
         if os.path.isdir(self.spill_dir):
-            table = self.buffer.numpy().reshape(self.num_workers, self.capacity + HEADER, FIELDS)
+            table = self._table()
             for worker in range(self.num_workers):
                 path = self._spill_path(worker, int(table[worker, 0, PASS]))
                 if os.path.exists(path):
@@ -267,7 +267,7 @@ class EventLog:
 
         Worker -1 is the main process. Regions with no record are left out.
         """
-        table = self.buffer.numpy().reshape(self.num_workers, self.capacity + HEADER, FIELDS)
+        table = self._table()
         out = []
         for worker in range(self.num_workers):
             header, region = table[worker, 0], table[worker, HEADER:]
@@ -291,7 +291,7 @@ class EventLog:
     def last_record(self, worker: int) -> Any:
         """The last complete record of ``worker``'s region (its spill file's, if the
         region was just emptied), without copying the region."""
-        table = self.buffer.numpy().reshape(self.num_workers, self.capacity + HEADER, FIELDS)
+        table = self._table()
         if not 0 <= worker < self.num_workers:
             return None
         records = table[worker, HEADER:]
@@ -306,24 +306,26 @@ class EventLog:
         return None
 
     def find(self, code: int, batch: int) -> Any:
-        """The last record with this code and batch in any region (the main process's
-        lists included), or None."""
-        table = self.buffer.numpy().reshape(self.num_workers, self.capacity + HEADER, FIELDS)
-        for worker in range(self.num_workers):
-            records = table[worker, HEADER:]
-            hit = np.flatnonzero((records[:, 0] == code) & (records[:, 1] == batch))
-            if len(hit):
-                return records[hit[-1]].copy()
+        """The last record with this code and batch (the regions, the main process's last
+        batches, then the spill files, which only hold older records), or None."""
+        table = self._table()
+        sources = [table[worker, HEADER:] for worker in range(self.num_workers)]
         if self.main:
-            records = _main_records(self.main[-8:])  # the error is in the last few batches
-            hit = np.flatnonzero((records[:, 0] == code) & (records[:, 1] == batch))
-            if len(hit):
-                return records[hit[-1]].copy()
-        for _worker, _pid, _over, records in self.regions():  # spilled since: read it all
+            sources.append(_main_records(self.main[-8:]))  # an error is in the last batches
+        for worker in range(self.num_workers):
+            path = self._spill_path(worker, int(table[worker, 0, PASS]))
+            if os.path.exists(path):  # a worker killed mid-write leaves a partial record
+                spilled = np.fromfile(path, dtype=np.int64)
+                sources.append(spilled[:len(spilled) // FIELDS * FIELDS].reshape(-1, FIELDS))
+        for records in sources:
             hit = np.flatnonzero((records[:, 0] == code) & (records[:, 1] == batch))
             if len(hit):
                 return records[hit[-1]].copy()
         return None
+
+    def _table(self) -> np.ndarray:
+        """The shared buffer as (worker, record, field); record 0 is the header."""
+        return self.buffer.numpy().reshape(self.num_workers, self.capacity + HEADER, FIELDS)
 
 
 def _complete(records: np.ndarray) -> int:
