@@ -51,7 +51,7 @@ from dlviz.datasets import SyntheticDataset, collate_skip_none
 from dlviz.ledger import FATE_COLORS
 from dlviz.plot import _describe, _lane_name, _lanes, plot_ledger, plot_run, plot_timeline
 from dlviz.recorder import Traced, play
-from dlviz.run import Run
+from dlviz.run import Run, merge_runs
 
 __all__ = ["explore", "Explorer"]
 
@@ -104,6 +104,10 @@ CONTROLS: dict[str, Control] = {
     "persistent_workers": Control("bool", False),
     "in_order": Control("bool", True),
     "seed": Control("int", 0, 0, 10_000),
+    # lesson 9: a job checkpointed after checkpoint_at batches, then resumed (dlviz.checkpoint)
+    "resume": Control("choice", "none", options=("none", "naive skip", "state_dict",
+                                                 "restart from zero"), label="resume"),
+    "checkpoint_at": Control("int", 3, 1, 64, label="checkpoint after batch"),
 }
 DEFAULT_SHOWN = ("n", "batch_size", "num_workers", "prefetch_factor", "drop_last", "shuffle",
                  "fault", "fault_at", "on_error", "max_batches", "cost_ms", "step_ms")
@@ -439,6 +443,7 @@ class Explorer(widgets.VBox):
         self.summary = widgets.HTML()
         self.figure = widgets.Output()
         self.run: Run | None = None
+        self.runs: list[Run] = []  # with resume: the job's passes (self.run merges them)
         self.png = b""
         self.passes = 0
         self.error = ""  # why the last pass has no Run (a bug, not a fault), else ""
@@ -582,9 +587,15 @@ class Explorer(widgets.VBox):
         notes: list[str] = []
         error = ""
         run = None
+        runs: list[Run] = []
         try:
-            loader, notes = build_loader(values)
-            run = self._record(loader, values, superseded)
+            if values["resume"] != "none":  # lesson 9: record a job of two passes
+                self._close_persistent()
+                runs, notes = _record_job(values)
+                run = merge_runs(runs, by="pass")
+            else:
+                loader, notes = build_loader(values)
+                run = self._record(loader, values, superseded)
         except Exception as exc:  # shown in the widget, never raised into the kernel
             run = getattr(exc, "dlviz_run", None)
             error = f"{type(exc).__name__}: {exc}"
@@ -593,10 +604,11 @@ class Explorer(widgets.VBox):
         png = b""
         if run is not None:
             try:
-                png, _ = render_png(run, canvas=self._canvas)
+                png = (_render_job(runs) if runs else render_png(run, canvas=self._canvas)[0])
             except Exception as exc:  # a drawing bug must not take the explorer down
                 error = f"could not draw the run: {type(exc).__name__}: {exc}"
         self.run = run
+        self.runs = runs
         self.png = png
         self.error = error if run is None else ""
         self.figure.outputs = () if not png else (
@@ -659,6 +671,39 @@ class Explorer(widgets.VBox):
         if self.png and isinstance(bundle, dict):
             bundle["image/png"] = base64.b64encode(self.png).decode()
         return bundle
+
+
+def _record_job(values: dict[str, Any]) -> tuple[list[Run], list[str]]:
+    """Lesson 9: a pass checkpointed after ``checkpoint_at`` batches and the pass that
+    resumes it (:func:`dlviz.checkpoint.record_resume`), and notes on what was adjusted."""
+    from dlviz.checkpoint import record_resume
+
+    n, size, workers = values["n"], values["batch_size"], values["num_workers"]
+    batches = n // size if values["drop_last"] else -(-n // size)
+    at = min(values["checkpoint_at"], batches - 1)
+    notes = [] if at == values["checkpoint_at"] else [
+        f"checkpoint_at={values['checkpoint_at']}: the epoch has {batches} batches; "
+        f"checkpointed after batch {at} instead."]
+    if at < 1:
+        raise ValueError(f"an epoch of {batches} batch(es) has no step to checkpoint after")
+    method = values["start_method"]
+    runs = record_resume(
+        SyntheticDataset(n, cost_ms=values["cost_ms"]), checkpoint_at=at,
+        resume=values["resume"], batch_size=size, shuffle=values["shuffle"],
+        seed=values["seed"], start_method=None if method == "default" else method,
+        num_workers=workers, drop_last=values["drop_last"],
+        prefetch_factor=values["prefetch_factor"] if workers else None,
+        persistent_workers=values["persistent_workers"] and workers > 0)
+    return runs, notes
+
+
+def _render_job(runs: list[Run]) -> bytes:
+    """The job's passes as :func:`dlviz.checkpoint.plot_resume` draws them, as PNG."""
+    from dlviz.checkpoint import plot_resume
+
+    fig = plot_resume(runs, Figure(figsize=(12, 4.6), dpi=DPI, layout="constrained"))
+    FigureCanvasAgg(fig).draw()  # type: ignore[no-untyped-call]
+    return encode_png(fig)
 
 
 def _summary_html(run: Run) -> str:
@@ -753,7 +798,11 @@ def explore(*, controls: Sequence[str] | None = None,
             ``shuffle``, ``persistent_workers``, ``in_order``; ``n`` for the dataset
             size; ``fault`` and ``fault_at``, or ``fail_at``/``crash_at``/``hang_at``/
             ``none_at`` directly; ``on_error``, ``max_batches``, ``cost_ms``,
-            ``step_ms``, ``start_method``, ``seed``). Default: the common ones.
+            ``step_ms``, ``start_method``, ``seed``; ``resume`` and ``checkpoint_at``:
+            with ``resume`` not ``"none"`` every change records a job, a pass
+            checkpointed after ``checkpoint_at`` batches and the pass that resumes it,
+            and draws both (``widget.runs``; ``widget.run`` merges them), lesson 9).
+            Default: the common ones.
         ranges: ``{name: (low, high)}`` for sliders, e.g. ``{"num_workers": (0, 4)}``.
         **initial: starting values for any control, shown or not.
 
