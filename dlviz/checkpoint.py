@@ -153,3 +153,18 @@ def plot_resume(runs: list[Run], fig: Figure | None = None) -> Figure:
                      f"once, {int((deliveries > 1).sum())} twice, "
                      f"{int((deliveries == 0).sum())} never", loc="left", fontsize=11)
     return fig
+
+
+def make_stateful_loader(dataset: Any, *, start_method: str | None = None,
+                         **kwargs: Any) -> Any:
+    """torchdata's ``StatefulDataLoader(dataset, **kwargs)``, started with ``start_method``
+    (None: the default), as :func:`dlviz.datasets.make_loader` builds a DataLoader.
+    Lesson 9. Needs ``torchdata`` (``pip install torchdata``)."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    workers = _check.count("num_workers", kwargs.get("num_workers", 0))
+    if start_method is not None:
+        _check.choice("start_method", start_method, ("fork", "spawn", "forkserver"))
+        if workers > 0:
+            kwargs["multiprocessing_context"] = start_method
+    return StatefulDataLoader(dataset, **kwargs)

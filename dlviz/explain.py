@@ -42,7 +42,7 @@ LESSONS = {
     "05": "lesson 5 (05_iterable_datasets)",
     "06": "lesson 6 (06_samplers_distributed)",
     "07": "lesson 7 (07_audit_your_loader)",
-    "09": "lesson 9 (epochs, checkpoints and resume; not written yet)",
+    "09": "lesson 9 (09_epochs_checkpoints_resume)",
 }
 
 # cause -> (the fate its indices have, the fix, the lesson that teaches it)

@@ -40,6 +40,8 @@ CASES = [
      "# Check: prefetch_factor x num_workers batches stay in flight"),
     ("08_throughput", "persistent_workers_ignored",
      "# Check: every setting delivered all N; in each second epoch no worker started"),
+    ("09_epochs_checkpoints_resume", "set_epoch_ignored",
+     "# Check: without set_epoch every epoch repeats epoch 0's order; set_epoch(e) draws"),
 ]
 
 

@@ -123,6 +123,16 @@ def _persistent_workers_ignored() -> None:
     DataLoader.__iter__ = lambda self: self._get_iterator()
 
 
+def _set_epoch_ignored() -> None:
+    """``DistributedSampler.set_epoch`` does nothing: every epoch draws epoch 0's order."""
+    from torch.utils.data import DistributedSampler
+
+    def set_epoch(self: Any, epoch: int) -> None:
+        pass
+
+    DistributedSampler.set_epoch = set_epoch
+
+
 MUTATIONS = {
     "round_robin_reversed": _round_robin_reversed,
     "empty_buffer_ends_epoch": _empty_buffer_ends_epoch,
@@ -132,6 +142,7 @@ MUTATIONS = {
     "stream_ignores_drop_last": _stream_ignores_drop_last,
     "distributed_pads_from_the_end": _distributed_pads_from_the_end,
     "persistent_workers_ignored": _persistent_workers_ignored,
+    "set_epoch_ignored": _set_epoch_ignored,
 }
 
 if os.environ.get("DLVIZ_MUTATION"):
