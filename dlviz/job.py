@@ -111,7 +111,8 @@ def train(out: Path, s: dict[str, Any]) -> list[Path]:
                 x = batch.float().unsqueeze(1) / s["n"]
                 loss = torch.nn.functional.mse_loss(model(x), 2 * x + 1)
                 optimizer.zero_grad()
-                loss.backward()  # type: ignore[no-untyped-call]  # DDP averages the gradients of all ranks here
+                # DDP averages the gradients of all ranks here (a collective: ranks wait)
+                loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
         traced.close()
         rank = dist.get_rank()
