@@ -204,6 +204,7 @@ def launch(nproc: int, out_dir: str | os.PathLike[str], *, timeout_s: float = 30
     from dlviz.distributed import _loopback_interface, free_port
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(_SHUTDOWN_S),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                       os.environ.get("PYTHONPATH")]))}
     interface = _loopback_interface()
@@ -235,32 +236,49 @@ def launch(nproc: int, out_dir: str | os.PathLike[str], *, timeout_s: float = 30
 
 
 def _stop(proc: subprocess.Popen[str], posix: bool) -> None:
-    """Stop torchrun and everything it started: SIGTERM to the group, then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, 5.0), (getattr(signal, "SIGKILL", signal.SIGTERM), 5.0)):
-        if proc.poll() is not None and not posix:
-            break
+    """Stop torchrun and everything it started.
+
+    torchrun starts each rank in a session of its own, and stops them when it gets
+    SIGTERM (within ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds, set by :func:`launch`).
+    So: SIGTERM to torchrun's process group, a wait, then SIGKILL to its group and to
+    each rank's group (a rank and its DataLoader workers), found before the SIGTERM.
+    """
+    if not posix:  # Windows: no process groups to signal; torchrun stops its ranks
+        proc.terminate()
         try:
-            if posix:
-                os.killpg(proc.pid, sig)  # torchrun, its ranks and their workers
-            else:
-                proc.kill()
-        except (ProcessLookupError, PermissionError):
-            break
-        try:
-            proc.communicate(timeout=wait)
-            if posix and not _group_alive(proc.pid):
-                break
+            proc.communicate(timeout=_SHUTDOWN_S + 5)
         except subprocess.TimeoutExpired:
-            continue
+            proc.kill()
+        proc.wait()
+        return
+    groups = [proc.pid, *_children(proc.pid)]
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.communicate(timeout=_SHUTDOWN_S + 5)
+    except subprocess.TimeoutExpired:
+        pass
+    for group in groups:  # whatever is left
+        _signal_group(group, signal.SIGKILL)
     proc.wait()
 
 
-def _group_alive(pgid: int) -> bool:
+_SHUTDOWN_S = 5  # how long torchrun gives its ranks to exit after SIGTERM
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux's /proc; elsewhere none are found)."""
     try:
-        os.killpg(pgid, 0)
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
-        return False
-    return True
+        pass  # gone already
 
 
 def main(argv: Sequence[str] | None = None) -> int:
