@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Sized
+from importlib import import_module
 from typing import Any
 
 import torch
@@ -36,7 +37,8 @@ from dlviz.datasets import make_loader
 from dlviz.recorder import record
 from dlviz.run import Run, merge_runs
 
-__all__ = ["RESUMES", "SkipBatches", "skip_first_batches", "record_resume", "plot_resume"]
+__all__ = ["RESUMES", "SkipBatches", "skip_first_batches", "record_resume", "plot_resume",
+           "make_stateful_loader"]
 
 RESUMES = ("naive skip", "state_dict", "restart from zero")
 """The ways :func:`record_resume` resumes an epoch after a checkpoint."""
@@ -160,11 +162,11 @@ def make_stateful_loader(dataset: Any, *, start_method: str | None = None,
     """torchdata's ``StatefulDataLoader(dataset, **kwargs)``, started with ``start_method``
     (None: the default), as :func:`dlviz.datasets.make_loader` builds a DataLoader.
     Lesson 9. Needs ``torchdata`` (``pip install torchdata``)."""
-    from torchdata.stateful_dataloader import StatefulDataLoader
+    stateful = import_module("torchdata.stateful_dataloader")  # optional: untyped
 
     workers = _check.count("num_workers", kwargs.get("num_workers", 0))
     if start_method is not None:
         _check.choice("start_method", start_method, ("fork", "spawn", "forkserver"))
         if workers > 0:
             kwargs["multiprocessing_context"] = start_method
-    return StatefulDataLoader(dataset, **kwargs)
+    return stateful.StatefulDataLoader(dataset, **kwargs)
