@@ -37,6 +37,7 @@ The parts, one module each:
 from __future__ import annotations
 
 import array
+import copy
 import io
 import itertools
 import multiprocessing
@@ -51,13 +52,15 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
-from dlviz import _check, eventlog, torch_hooks
+from dlviz import _check, eventlog, state, torch_hooks
 from dlviz.assemble import PassNotes, build_run
 from dlviz.eventlog import EventLog, clock
 from dlviz.run import MAIN, ErrorRecord, Run
 from dlviz.torch_hooks import TracedLoader
 from dlviz.worker import (
     Batch,
+    StatefulTracedMapDataset,
+    StatefulTracedStream,
     TracedCollate,
     TracedMapDataset,
     TracedStream,
@@ -78,10 +81,18 @@ _FATE_MARKS = {"delivered": "deliver", "failed": "lost"}  # a batch's fate -> it
 
 # ---------------------------------------------------------------- sampler side
 class _BatchDrawer:
-    """Draws batches from the user's sampler (main process only) and logs each draw."""
+    """Draws batches from the user's sampler (main process only) and logs each draw.
 
-    def __init__(self, loader: DataLoader[Any], box: torch_hooks.EpochBox) -> None:
+    For a StatefulDataLoader (``stateful``), a pass's draws carry the state of the
+    iterator they come from (:mod:`dlviz.state`), and a BatchSampler subclass
+    (torchdata's own) is used as is, over your sampler watched, so its state is
+    exactly its own and dlviz still sees the tail ``drop_last`` throws away.
+    """
+
+    def __init__(self, loader: DataLoader[Any], box: torch_hooks.EpochBox,
+                 stateful: bool = False) -> None:
         self.box = box
+        self.stateful = stateful
         self.seq = itertools.count()
         self.batch_size = loader.batch_size
         self.drop_last = loader.drop_last
@@ -90,6 +101,8 @@ class _BatchDrawer:
             self.mode, self.source = "batch", loader.batch_sampler.sampler
             self.batch_size = loader.batch_sampler.batch_size
             self.drop_last = loader.batch_sampler.drop_last
+        elif stateful and isinstance(loader.batch_sampler, BatchSampler):  # torchdata's
+            self.mode, self.source = "watched", loader.batch_sampler
         elif loader.batch_sampler is not None:  # a custom batch_sampler, used as is
             self.mode, self.source = "custom", loader.batch_sampler
         else:  # batch_size=None: one sample at a time
@@ -101,8 +114,24 @@ class _BatchDrawer:
         return len(self.source)
 
     def __iter__(self) -> Iterator[Batch]:
-        source = iter(self.source)
-        epoch = self.box.epoch
+        drawn: list[Any] = []  # "watched": indices drawn for the batch being made
+        if not self.stateful:  # your sampler's iter() is called at the first draw, as torch does
+            return self._draw(None, drawn)
+        if self.mode == "watched":
+            batches = copy.copy(self.source)
+            batches.sampler = state.watched(self.source.sampler, drawn)
+            source = iter(batches)
+        else:
+            source = iter(self.source)
+        draws = self._draw(source, drawn)
+        if self.mode != "batch" and state.is_stateful(source):  # torchdata saves its state
+            return state.StatefulDraws(draws, source, drawn)
+        return draws
+
+    def _draw(self, source: Iterator[Any] | None, drawn: list[Any]) -> Iterator[Batch]:
+        epoch = self.box.epoch  # read at the first draw: the pass that asks
+        if source is None:
+            source = iter(self.source)
         while True:
             if self.mode == "batch":
                 indices = list(itertools.islice(source, self.batch_size))
@@ -115,11 +144,28 @@ class _BatchDrawer:
                 try:
                     item = next(source)
                 except StopIteration:
+                    if drawn:  # drawn, never batched: drop_last's tail
+                        epoch.dropped_tail(next(self.seq), list(drawn))
                     return
-                indices = list(item) if self.mode == "custom" else [item]
+                drawn.clear()
+                indices = [item] if self.mode == "single" else list(item)
             batch = Batch(next(self.seq), indices)
             epoch.drawn(batch)
             yield batch
+
+
+class _StatefulBatchDrawer(_BatchDrawer):
+    """The drawer of a StatefulDataLoader whose batch sampler has a state of its own."""
+
+    def __init__(self, loader: DataLoader[Any], box: torch_hooks.EpochBox) -> None:
+        super().__init__(loader, box, stateful=True)
+        self.index_sampler = loader._index_sampler
+
+    def state_dict(self) -> Any:
+        return self.index_sampler.state_dict()
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        self.index_sampler.load_state_dict(state_dict)
 
 
 # ---------------------------------------------------------------- worker side
@@ -395,9 +441,10 @@ class Traced:
             raise TypeError(f"loader must be a torch DataLoader, not {type(loader).__name__}")
         self.keep = _check.optional_count("keep", keep, minimum=1)
         self.passes_let_go = 0  # passes older than the last ``keep``, no longer held
-        if isinstance(loader, TracedLoader):
+        if hasattr(loader, "dlviz_box"):
             raise ValueError("loader is already traced; pass the original DataLoader")
-        _check_faithful(loader)
+        self.stateful = torch_hooks.is_stateful(loader)
+        _check_faithful(loader, self.stateful)
         dataset = loader.dataset
         self.iterable = isinstance(dataset, IterableDataset)
         self.key, self.expected = _stream_keys(dataset, key, expected, self.iterable)
@@ -406,21 +453,32 @@ class Traced:
         self.persistent = bool(loader.persistent_workers)
         self.epochs: list[_Epoch] = []
         self._iterator: TracedIterator | None = None
+        self._primed: TracedIterator | None = None  # a pass begun by state_dict()
         self.log = EventLog(loader.num_workers, _capacity(loader))
         self.box = torch_hooks.EpochBox()
-        self.drawer = _BatchDrawer(loader, self.box)
+        self.drawer = (_StatefulBatchDrawer(loader, self.box)
+                       if self.stateful and state.is_stateful(loader._index_sampler)
+                       else _BatchDrawer(loader, self.box, self.stateful))
         method = _start_method(loader)
         if method in ("spawn", "forkserver"):
             _check_picklable(loader, key, method)
         self.config = _describe(loader, method, self.iterable)
         self.loader = self._rebuild(loader)
+        if self.stateful:  # your loader's state_dict() is the traced pass's (dlviz.state)
+            self._take_resume_state()
 
-    def _rebuild(self, loader: DataLoader[Any]) -> TracedLoader:
+    def _rebuild(self, loader: DataLoader[Any]) -> Any:
+        stateful = self.stateful and state.is_stateful(loader.dataset)
         if self.iterable:
-            dataset: Any = TracedStream(loader.dataset, self.log, self.key)
+            kind: Any = StatefulTracedStream if stateful else TracedStream
+            dataset: Any = kind(loader.dataset, self.log, self.key)
         else:
-            dataset = TracedMapDataset(loader.dataset, self.log)
-        rebuilt = TracedLoader(
+            kind = StatefulTracedMapDataset if stateful else TracedMapDataset
+            dataset = kind(loader.dataset, self.log)
+        extra = {}
+        if self.stateful:
+            extra["snapshot_every_n_steps"] = loader.snapshot_every_n_steps  # type: ignore[attr-defined]
+        rebuilt = (torch_hooks.traced_stateful_loader() if self.stateful else TracedLoader)(
             dataset,
             batch_size=(loader.batch_size or 1) if self.iterable else 1,
             drop_last=loader.drop_last,
@@ -436,6 +494,7 @@ class Traced:
             persistent_workers=loader.persistent_workers,
             pin_memory_device=loader.pin_memory_device,
             in_order=getattr(loader, "in_order", True),
+            **extra,
         )
         rebuilt.dlviz_box = self.box
         rebuilt.dlviz_drawer = self.drawer
@@ -446,6 +505,11 @@ class Traced:
 
     def iterate(self) -> TracedIterator:
         """Start a pass (an epoch). A pass still open is ended first."""
+        if self._primed is not None:  # state_dict() began this pass: it starts now
+            primed, self._primed = self._primed, None
+            return primed
+        if self.stateful:
+            self._take_resume_state()
         if self._iterator is not None and self._iterator.epoch.stop is None:
             self._iterator._end("break")
         if self.epochs:
@@ -477,6 +541,40 @@ class Traced:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A torchdata StatefulDataLoader's checkpoint of the pass (lesson 09): where it
+        is, exactly as your loader untraced would say (``your_loader.state_dict()``
+        says the same). Resume with ``load_state_dict()`` on a new loader, traced or not.
+        Before the first pass, this begins it (torchdata does the same)."""
+        if not self.stateful:
+            raise TypeError(f"state_dict() is for a torchdata StatefulDataLoader; this loader "
+                            f"is a {type(self.original).__name__}")
+        if self._iterator is None:
+            self._primed = self.iterate()
+        return dict(self.loader.state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the next pass from a StatefulDataLoader's ``state_dict()`` (lesson 09)."""
+        if not self.stateful:
+            raise TypeError(f"load_state_dict() is for a torchdata StatefulDataLoader; this "
+                            f"loader is a {type(self.original).__name__}")
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict from state_dict(), "
+                            f"not {type(state_dict).__name__}")
+        self._primed = None
+        self.loader.load_state_dict(state_dict)
+
+    def _take_resume_state(self) -> None:
+        """A state your loader was given (``load_state_dict``) goes to the traced one,
+        and your loader's ``state_dict()`` asks the traced pass from now on."""
+        original: Any = self.original
+        if original.next_iter_state is not None:
+            self.loader.load_state_dict(original.next_iter_state)
+            original.next_iter_state = None
+        if not isinstance(original._iterator, state.StateOfTraced):
+            original._iterator = state.StateOfTraced(self)
+            original._initial_iter_for_state_dict = False
 
     @property
     def run(self) -> Run:
@@ -525,6 +623,14 @@ def trace(loader: DataLoader[Any], *, key: Callable[[Any], int] | None = None,
     keys; for yours pass ``key`` (sample -> int; importable under spawn) and
     ``expected`` (every key one pass should deliver). With persistent workers,
     call ``traced.close()`` (or use ``with``) to stop them. Lessons 0 and 7.
+
+    A torchdata ``StatefulDataLoader`` is traced as itself (lesson 09): checkpoint
+    with ``traced.state_dict()`` (or ``loader.state_dict()``: your loader says where
+    the traced pass is) and resume a new loader, traced or not, with
+    ``load_state_dict()``; the state is exactly what torchdata alone would save
+    (:mod:`dlviz.state`). ``dlviz.merge_runs([before, after], by="pass")`` then shows
+    every index delivered once. Any other DataLoader subclass that iterates its own
+    way is refused with a ValueError rather than recorded as something else.
 
     Over many epochs, ``traced.runs`` keeps the last ``keep`` passes (default
     :data:`KEEP`; ``None``: all). A pass holds about 40 bytes per sample until its
@@ -703,23 +809,25 @@ _BEHAVIOUR = ("__iter__", "_get_iterator", "state_dict", "load_state_dict", "__l
               "_index_sampler")
 
 
-def _check_faithful(loader: DataLoader[Any]) -> None:
+def _check_faithful(loader: DataLoader[Any], stateful: bool) -> None:
     """Refuse a DataLoader subclass that changes how it iterates or keeps state.
 
     dlviz records a pass by rebuilding the loader from its parts (dataset, sampler,
-    collate_fn, ...) as a plain DataLoader. A subclass with its own iteration (a
-    torchdata ``StatefulDataLoader``: its ``state_dict()`` would never advance, and
-    a job resumed from it would replay the whole epoch) would silently become
-    something else; better to say so.
+    collate_fn, ...) as a plain DataLoader, or as a torchdata ``StatefulDataLoader``
+    when it is one. A subclass with its own iteration would silently become
+    something else (a job resumed from its checkpoint could replay the epoch);
+    better to say so.
     """
+    base: type = (sys.modules["torchdata.stateful_dataloader"].StatefulDataLoader if stateful
+                  else DataLoader)
     changed = [name for name in _BEHAVIOUR
-               if getattr(type(loader), name, None) is not getattr(DataLoader, name, None)]
+               if getattr(type(loader), name, None) is not getattr(base, name, None)]
     if changed:
         raise ValueError(
             f"loader is a {type(loader).__name__}, which changes {', '.join(changed)}: dlviz "
-            "rebuilds a loader as a plain torch DataLoader to record it, so this one would "
-            "not behave as yours does (a StatefulDataLoader's state_dict() would not "
-            "advance). Trace a plain DataLoader built from the same dataset and sampler.")
+            f"rebuilds a loader as a {base.__name__} to record it, so this one would not "
+            "behave as yours does. Trace a plain DataLoader (or a torchdata "
+            "StatefulDataLoader) built from the same dataset and sampler.")
 
 
 def _start_method(loader: DataLoader[Any]) -> str:

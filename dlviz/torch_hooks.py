@@ -13,10 +13,12 @@ Also here: the text of the torch messages dlviz reads (a dead worker, a timeout)
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import multiprocessing
 import multiprocessing.connection
 import re
+import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -124,8 +126,14 @@ class TracedLoader(DataLoader[Any]):
         return _TracedWorkersIter(self)
 
 
-class _TracedWorkersIter(_MultiProcessingDataLoaderIter):
-    """torch's multi-worker iterator, reporting what it does to the current epoch.
+if TYPE_CHECKING:
+    _Iter = _MultiProcessingDataLoaderIter
+else:  # a mixin: the iterator class comes second in the subclasses below
+    _Iter = object
+
+
+class _WorkerHooks(_Iter):
+    """The hooks of a traced multi-worker iterator, reporting what it does to the epoch.
 
     Worker deaths are noticed here, inside ``next()``, and nowhere else. torch also
     registers its workers with a SIGCHLD handler that raises a dead worker's error
@@ -137,13 +145,15 @@ class _TracedWorkersIter(_MultiProcessingDataLoaderIter):
     after a death, it also frees the result queue if the dead worker held it.
     """
 
-    def __init__(self, loader: TracedLoader) -> None:
+    _dlviz_with_state: bool  # torchdata's iterator passes (data, worker, state) around
+
+    def __init__(self, loader: Any, *more: Any) -> None:
         self._dlviz_box = loader.dlviz_box
         self._dlviz_last_idx: Any = None
         self._dlviz_deaths = 0  # worker deaths noticed so far
         self._dlviz_shutdown_at: int | None = None  # when torch began to stop the workers
         try:
-            super().__init__(loader)
+            super().__init__(loader, *more)
         except BaseException:  # interrupted (or failed) while starting the workers
             with contextlib.suppress(Exception):  # torch's finally terminates them
                 self._shutdown_workers()
@@ -230,19 +240,80 @@ class _TracedWorkersIter(_MultiProcessingDataLoaderIter):
         idx, data = super()._get_data()
         self._dlviz_last_idx = idx
         if isinstance(idx, int):
-            ended = data.worker_id if isinstance(data, _IterableDatasetStopIteration) else None
+            batch = data[0] if self._dlviz_with_state else data  # torchdata: (data, worker, state)
+            ended = batch.worker_id if isinstance(batch, _IterableDatasetStopIteration) else None
             # a stream that ran out: this request and every other one still queued for
             # that worker will never bring a batch
             others = [] if ended is None else pending_tasks(self, ended)
             self._dlviz_box.epoch.arrived(idx, ended, others)
         return idx, data
 
-    def _process_data(self, data: Any, worker_idx: int) -> Any:
+    def _process_data(self, data: Any, worker_idx: int, *state: Any) -> Any:
         # the task being handed out: in order, the one just past _rcvd_idx; out of
         # order, always the one _get_data just returned (torch stores nothing then)
         task = self._rcvd_idx - 1 if self._in_order else self._dlviz_last_idx
         self._dlviz_box.epoch.processing(task, worker_idx, isinstance(data, ExceptionWrapper))
-        return super()._process_data(data, worker_idx)
+        return super()._process_data(data, worker_idx, *state)
+
+
+class _TracedWorkersIter(_WorkerHooks, _MultiProcessingDataLoaderIter):
+    """torch's multi-worker iterator with dlviz's hooks."""
+
+    _dlviz_with_state = False
+
+
+# ---------------------------------------------------------------- torchdata
+_STATEFUL_NAMES = ("_get_iterator", "state_dict", "load_state_dict")
+_stateful_classes: dict[str, Any] = {}
+
+
+def is_stateful(loader: Any) -> bool:
+    """Whether ``loader`` is a torchdata ``StatefulDataLoader`` (torchdata already imported:
+    a loader of that type exists only if it is)."""
+    module = sys.modules.get("torchdata.stateful_dataloader")
+    return module is not None and isinstance(loader, module.StatefulDataLoader)
+
+
+def traced_stateful_loader() -> Any:
+    """The class of a traced ``StatefulDataLoader``: torchdata's own loader and iterator
+    (so ``state_dict()`` is torchdata's), with dlviz's batches and hooks (lesson 09).
+
+    Checked like torch's names: the torchdata private names it relies on must be there.
+    """
+    if "loader" in _stateful_classes:
+        return _stateful_classes["loader"]
+    sdl = importlib.import_module("torchdata.stateful_dataloader.stateful_dataloader")
+    StatefulDataLoader: Any = sdl.StatefulDataLoader
+    workers_iter: Any = getattr(sdl, "_StatefulMultiProcessingDataLoaderIter", None)
+    params = list(inspect.signature(workers_iter._process_data).parameters) if workers_iter else []
+    if params[1:4] != ["data", "worker_id", "state_dict"] or not all(
+            hasattr(StatefulDataLoader, n) for n in _STATEFUL_NAMES):
+        raise UnsupportedTorch("dlviz traces torchdata's StatefulDataLoader as torchdata 0.11 "
+                               "has it; this torchdata's private names differ")
+
+    class _TracedStatefulWorkersIter(_WorkerHooks, workers_iter):  # type: ignore[misc]
+        _dlviz_with_state = True
+
+    class TracedStatefulLoader(StatefulDataLoader):  # type: ignore[misc]
+        """A StatefulDataLoader whose batches come from dlviz's drawer."""
+
+        dlviz_box: EpochBox
+        dlviz_drawer: _BatchDrawer
+        next_iter_state: Any  # a state_dict() to resume from, set by load_state_dict()
+
+        @property
+        def _index_sampler(self) -> Any:
+            return self.dlviz_drawer
+
+        def _get_iterator(self) -> Any:
+            if self.num_workers == 0:
+                return super()._get_iterator()
+            it = _TracedStatefulWorkersIter(self, self.next_iter_state)
+            self.next_iter_state = None
+            return it
+
+    _stateful_classes["loader"] = TracedStatefulLoader
+    return TracedStatefulLoader
 
 
 
@@ -268,7 +339,7 @@ def worker_pids(it: Any) -> dict[int, int]:
 
 def shutdown(it: Any, hung: Sequence[int] = ()) -> None:
     """Stop an iterator's workers now; hung ones are terminated rather than awaited."""
-    if not isinstance(it, _MultiProcessingDataLoaderIter) or it._shutdown:
+    if not isinstance(it, _WorkerHooks) or it._shutdown:
         return
     if hung:
         if it._worker_pids_set:  # so torch's SIGCHLD handler does not report them
@@ -282,4 +353,4 @@ def shutdown(it: Any, hung: Sequence[int] = ()) -> None:
 
 def is_alive(it: Any) -> bool:
     """Whether an iterator still has workers up (a persistent pass can go on)."""
-    return isinstance(it, _MultiProcessingDataLoaderIter) and not it._shutdown
+    return isinstance(it, _WorkerHooks) and not it._shutdown

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from dlviz import eventlog
+from dlviz import eventlog, state
 from dlviz.eventlog import EventLog, clock
 from dlviz.run import MAIN
 
@@ -118,6 +118,17 @@ class TracedMapDataset(Dataset[Any]):
         return out
 
 
+class StatefulTracedMapDataset(TracedMapDataset):
+    """A stateful dataset's wrapper: torchdata saves and restores your dataset's state
+    through it, unchanged (:mod:`dlviz.state`, lesson 09)."""
+
+    def state_dict(self) -> Any:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        self.inner.load_state_dict(state_dict)
+
+
 class TracedStream(IterableDataset[Any]):
     """Your IterableDataset, with every item it yields logged under its key."""
 
@@ -132,7 +143,9 @@ class TracedStream(IterableDataset[Any]):
     def __iter__(self) -> Iterator[Any]:
         if not self.log.attached:
             self.log.attach(worker_id())
-        return KeyedIterator(iter(self.inner), self.log, self.key)
+        inner = iter(self.inner)  # a stateful iterator stays one (torchdata saves its state)
+        kind = StatefulKeyedIterator if state.is_stateful(inner) else KeyedIterator
+        return kind(inner, self.log, self.key)
 
 
 class KeyedIterator:
@@ -166,6 +179,24 @@ class KeyedIterator:
         else:
             log.set_value_of_last(self.key(item))
         return item
+
+
+class StatefulTracedStream(TracedStream):
+    """A stateful stream's wrapper: its state passes through unchanged (lesson 09)."""
+
+    def state_dict(self) -> Any:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        self.inner.load_state_dict(state_dict)
+
+
+class StatefulKeyedIterator(KeyedIterator):
+    def state_dict(self) -> Any:
+        return self.inner.state_dict()  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        self.inner.load_state_dict(state_dict)  # type: ignore[attr-defined]
 
 
 class TracedCollate:

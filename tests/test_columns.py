@@ -6,6 +6,7 @@ cannot trace faithfully."""
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 from pathlib import Path
@@ -209,15 +210,19 @@ def test_a_changed_torch_message_never_crashes_the_recorder() -> None:
     assert run.summary()["delivered"] >= 6
 
 
-def test_a_stateful_loader_is_refused_not_silently_changed() -> None:
-    """A torchdata StatefulDataLoader traced as a plain DataLoader would never advance
-    its own state_dict(): a job resumed from it would replay the epoch. Refused."""
-    from torchdata.stateful_dataloader import StatefulDataLoader
+def test_a_loader_that_iterates_its_own_way_is_refused_not_silently_changed() -> None:
+    """dlviz rebuilds a loader from its parts: a subclass with its own iteration would
+    silently become a plain DataLoader. Refused (torchdata's StatefulDataLoader is
+    traced as itself: tests/test_stateful.py)."""
 
-    loader = StatefulDataLoader(SyntheticDataset(100), batch_size=10)
-    with pytest.raises(ValueError, match="StatefulDataLoader.*state_dict"):
+    class EveryOther(DataLoader):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            return itertools.islice(super().__iter__(), 0, None, 2)
+
+    loader = EveryOther(SyntheticDataset(100), batch_size=10)
+    with pytest.raises(ValueError, match="EveryOther.*__iter__"):
         dlviz.trace(loader)
-    with pytest.raises(ValueError, match="state_dict"):
+    with pytest.raises(ValueError, match="__iter__"):
         dlviz.record(loader)
 
     class JustNamed(DataLoader):  # type: ignore[type-arg]  # changes nothing: traced

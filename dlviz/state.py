@@ -1,0 +1,131 @@
+"""Checkpoints through dlviz: a traced torchdata ``StatefulDataLoader`` keeps its state.
+
+A ``StatefulDataLoader`` (torchdata) can say where a pass is (``state_dict()``) and
+resume there in a new loader (``load_state_dict()``): the sampler's position and
+random state, each worker's dataset state, how many batches were handed out.
+torchdata finds that state by asking each part whether it is *stateful* (has
+``state_dict`` and ``load_state_dict``). dlviz records a pass by putting its own
+parts around yours (the batch drawer in the main process, the dataset wrappers in
+the workers), so each wrapper here answers that question as the part it wraps
+would, and hands the state through unchanged. A checkpoint taken through dlviz
+therefore resumes an untraced loader, and the other way round (lesson 09).
+
+The wrappers in the main process live here; the dataset wrappers, which run in
+the workers, are in :mod:`dlviz.worker`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+
+def is_stateful(part: Any) -> bool:
+    """Whether torchdata treats ``part`` as stateful (its ``Stateful`` protocol)."""
+    return callable(getattr(part, "state_dict", None)) and callable(
+        getattr(part, "load_state_dict", None))
+
+
+class Watched:
+    """Your sampler, noting every index it yields in ``drawn``.
+
+    A batch sampler throws away the short last batch when ``drop_last=True``; it
+    drew those indices from this sampler first, so dlviz still sees them (the
+    dropped tail). Stateful when your sampler is (:class:`StatefulWatched`).
+    """
+
+    def __init__(self, sampler: Any, drawn: list[Any]) -> None:
+        self.sampler, self.drawn = sampler, drawn
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[Any]:
+        inner = iter(self.sampler)
+        kind = StatefulWatching if is_stateful(inner) else Watching
+        return kind(inner, self.drawn)
+
+
+class StatefulWatched(Watched):
+    def state_dict(self) -> Any:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: Any) -> None:
+        self.sampler.load_state_dict(state)
+
+
+def watched(sampler: Any, drawn: list[Any]) -> Watched:
+    return (StatefulWatched if is_stateful(sampler) else Watched)(sampler, drawn)
+
+
+class Watching:
+    """An iterator over your sampler that notes each index it yields."""
+
+    def __init__(self, inner: Iterator[Any], drawn: list[Any]) -> None:
+        self.inner, self.drawn = inner, drawn
+
+    def __iter__(self) -> Watching:
+        return self
+
+    def __next__(self) -> Any:
+        index = next(self.inner)
+        self.drawn.append(index)
+        return index
+
+
+class StatefulWatching(Watching):
+    inner: Any
+
+    def state_dict(self) -> Any:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: Any) -> None:
+        self.inner.load_state_dict(state)
+
+
+class StatefulDraws:
+    """The drawer's batches for one pass, with the state of the iterator they come from.
+
+    ``inner`` is the iterator of your batch sampler (or sampler): its state is the
+    pass's sampler state. Loading a state may make it skip what it already gave
+    (torchdata fast-forwards an unstateful sampler): those indices were not drawn
+    in this pass, so ``drawn`` forgets them.
+    """
+
+    def __init__(self, draws: Iterator[Any], inner: Any, drawn: list[Any]) -> None:
+        self.draws, self.inner, self.drawn = draws, inner, drawn
+
+    def __iter__(self) -> StatefulDraws:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self.draws)
+
+    def state_dict(self) -> Any:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: Any) -> None:
+        self.inner.load_state_dict(state)
+        self.drawn.clear()
+
+
+class StateOfTraced:
+    """Stands in for a traced StatefulDataLoader's own iterator, so that *your* loader
+    object answers ``state_dict()`` with the traced pass's state.
+
+    torchdata's ``StatefulDataLoader.state_dict()`` asks the loader's current
+    iterator; dlviz iterates a rebuilt loader, so your loader's iterator is this
+    object, which asks the traced one. Iterating your loader itself again gets it
+    a fresh iterator of its own, as it would untraced.
+    """
+
+    _finished = True  # torchdata: a finished iterator is replaced on the next iter()
+
+    def __init__(self, traced: Any) -> None:
+        self.traced = traced
+
+    def state_dict(self) -> Any:
+        return self.traced.state_dict()
+
+    def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        loader._iterator = loader._get_iterator()  # persistent workers: start its own
