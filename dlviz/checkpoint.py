@@ -12,6 +12,7 @@ depends on how it resumes (lesson 9):
 - ``"state_dict"``: torchdata's ``StatefulDataLoader``: ``state_dict()`` at the
   checkpoint, ``load_state_dict(state)`` in the new loader, which restores the
   sampler's position and random state: the rest of the epoch, each index once.
+  :func:`dlviz.trace` records a ``StatefulDataLoader`` as itself (``traced.state_dict()``).
 - ``"restart from zero"``: the new process starts the epoch again: the first ``k``
   batches' indices are delivered twice.
 
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from dlviz import _check
 from dlviz.datasets import make_loader
-from dlviz.recorder import record
+from dlviz.recorder import record, trace
 from dlviz.run import Run, merge_runs
 
 __all__ = ["RESUMES", "SkipBatches", "skip_first_batches", "record_resume", "plot_resume",
@@ -136,7 +137,23 @@ def record_resume(dataset: Any, *, checkpoint_at: int, resume: str, batch_size: 
 
 def _record_stateful(dataset: Any, k: int, batch_size: int, shuffle: bool, seed: int,
                      start_method: str | None, loader_kwargs: dict[str, Any]) -> list[Run]:
-    raise NotImplementedError("waiting for dlviz.trace to trace a StatefulDataLoader")
+    """The ``"state_dict"`` resume: torchdata's ``StatefulDataLoader``, traced as itself."""
+
+    def loader(seed: int) -> Any:
+        return make_stateful_loader(dataset, start_method=start_method, batch_size=batch_size,
+                                    shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
+                                    **loader_kwargs)
+
+    state: dict[str, Any] = {}
+    with trace(loader(seed)) as traced:
+        for step, _ in enumerate(traced):
+            if step + 1 == k:
+                state = traced.state_dict()  # what the checkpoint saves
+                break
+    before = traced.run
+    resumed = loader(seed + 1)
+    resumed.load_state_dict(state)
+    return [before, record(resumed)]
 
 
 def plot_resume(runs: list[Run], fig: Figure | None = None) -> Figure:

@@ -12,7 +12,13 @@ from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
 import dlviz
-from dlviz.checkpoint import SkipBatches, plot_resume, record_resume, skip_first_batches
+from dlviz.checkpoint import (
+    SkipBatches,
+    make_stateful_loader,
+    plot_resume,
+    record_resume,
+    skip_first_batches,
+)
 from dlviz.datasets import SyntheticDataset
 
 N, BATCH, K = 50, 5, 3
@@ -114,3 +120,19 @@ def test_explorer_records_a_job_when_resume_is_chosen() -> None:
         assert explorer.runs == [] and run.summary()["deliveries"] == N
     finally:
         explorer.close()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_state_dict_resume_delivers_each_index_once(workers: int) -> None:
+    runs = record_resume(SyntheticDataset(N), checkpoint_at=K, resume="state_dict",
+                         batch_size=BATCH, seed=2, num_workers=workers)
+    before, after = runs
+    # the uninterrupted epoch the first process began (torchdata's sampler draws its own
+    # way, and its order depends on num_workers)
+    uninterrupted = make_stateful_loader(SyntheticDataset(N), batch_size=BATCH, shuffle=True,
+                                         num_workers=workers,
+                                         generator=torch.Generator().manual_seed(2))
+    first = [i for batch in uninterrupted for i in batch.tolist()]
+    assert before.delivered() + after.delivered() == first
+    assert (dlviz.merge_runs(runs, by="pass").ledger.deliveries[:N] == 1).all()
+    assert dlviz.explain(runs) == []
