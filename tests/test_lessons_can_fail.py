@@ -42,6 +42,8 @@ CASES = [
      "# Check: every setting delivered all N; in each second epoch no worker started"),
     ("09_epochs_checkpoints_resume", "set_epoch_ignored",
      "# Check: without set_epoch every epoch repeats epoch 0's order; set_epoch(e) draws"),
+    ("09_epochs_checkpoints_resume", "stateful_resume_restarts",
+     "# Check: the state_dict resume delivers each index exactly once across the two passes"),
 ]
 
 

@@ -133,6 +133,17 @@ def _set_epoch_ignored() -> None:
     DistributedSampler.set_epoch = set_epoch
 
 
+def _stateful_resume_restarts() -> None:
+    """torchdata's ``StatefulDataLoader.load_state_dict`` keeps nothing: a resumed loader
+    starts its epoch from the beginning."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    def load_state_dict(self: Any, state_dict: dict[str, Any]) -> None:
+        pass
+
+    StatefulDataLoader.load_state_dict = load_state_dict
+
+
 MUTATIONS = {
     "round_robin_reversed": _round_robin_reversed,
     "empty_buffer_ends_epoch": _empty_buffer_ends_epoch,
@@ -143,6 +154,7 @@ MUTATIONS = {
     "distributed_pads_from_the_end": _distributed_pads_from_the_end,
     "persistent_workers_ignored": _persistent_workers_ignored,
     "set_epoch_ignored": _set_epoch_ignored,
+    "stateful_resume_restarts": _stateful_resume_restarts,
 }
 
 if os.environ.get("DLVIZ_MUTATION"):
