@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import check_ledger_adds_up, live_processes, processes_left
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import BatchSampler, Dataset, RandomSampler
 
 import dlviz
 from dlviz.datasets import SyntheticDataset
-from tests.helpers import check_ledger_adds_up, live_processes, processes_left
 
 StatefulDataLoader = pytest.importorskip("torchdata.stateful_dataloader").StatefulDataLoader
 
