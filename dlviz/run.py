@@ -315,18 +315,27 @@ class Run:
                 f"{len(self.errors)} errors, stop={self.stop}>")
 
 
-def merge_runs(runs: Iterable[Run], *, by: str = "rank") -> Run:
+def merge_runs(runs: Iterable[Run], *, by: str = "rank",
+               parts: Sequence[int] | None = None) -> Run:
     """One Run, one ledger, from several: the ranks of one distributed job (lesson 6),
     or the passes of one job (``by="pass"``: epochs; a checkpointed pass and the pass
     that resumed it).
 
-    Part ``r`` (the ``rank`` column: a rank, or a pass) is the ``r``-th run. Times
-    are aligned on the shared clock, every event, error and occurrence keeps its
-    part, and the ledger spans them all: ``run.ledger.deliveries[i]`` counts how
-    often index ``i`` reached a loop, and an index delivered in two parts is
-    ``duplicated`` (padding across ranks; across passes, every epoch delivers each
-    index once more: ``deliveries`` then tells a repeat from a skip).
-    :func:`dlviz.plot_passes` draws index x part.
+    Part ``r`` (the ``rank`` column: a rank, or a pass) is the ``r``-th run, unless
+    ``parts`` says which part each run is: runs of one part are chained in the order
+    given, their batches numbered on after the last one's where they would overlap
+    (a rank's epochs of a training job, numbered like the job's steps;
+    ``config["chained"]`` keeps, per part, the first batch of each of its runs).
+    Times are put on one clock: runs that carry ``config["clock_sync"]`` of one job
+    (:func:`dlviz.job.sync_clocks`: each rank's clock offset from rank 0's, measured
+    through the process group) by it, so ranks of many machines line up; others by
+    ``origin``, the clock's value at their start, which one machine's processes
+    share. Every event, error and occurrence keeps its part, and the ledger spans
+    them all: ``run.ledger.deliveries[i]`` counts how often index ``i`` reached a
+    loop, and an index delivered in two parts is ``duplicated`` (padding across
+    ranks; across passes, every epoch delivers each index once more: ``deliveries``
+    then tells a repeat from a skip).
+    :func:`dlviz.plot_passes` draws index x part. Lessons 6 and 9.
     """
     if by not in ("rank", "pass"):
         raise ValueError(f"by must be 'rank' or 'pass', not {by!r}")
@@ -346,27 +355,45 @@ def merge_runs(runs: Iterable[Run], *, by: str = "rank") -> Run:
     if not items:
         raise TypeError("runs must be a non-empty sequence of dlviz.Run")
     runs = items
-    origin = min(r.origin for r in runs)
+    part_of = _parts(parts, len(runs))
+    starts, clock, notes = _aligned_starts(runs)
+    origin = min(starts)
     events, occurrences = [], []
     errors: list[ErrorRecord] = []
-    for rank, r in enumerate(runs):
-        shift = r.origin - origin
+    chained: list[list[int]] = [[] for _ in range(max(part_of) + 1)]
+    next_batch = [0] * len(chained)  # per part: the first batch number of its next run
+    for r, start, part in zip(runs, starts, part_of):
+        shift = start - origin
+        low, high = _batch_range(r)
+        first = max(0, next_batch[part] - low)  # added to its batch numbers
+        chained[part].append(low + first)
+        next_batch[part] = max(next_batch[part], high + first + 1)
         columns = {name: r.events.column(name) for name in Events.fields}
         columns.update(start=columns["start"] + shift, end=columns["end"] + shift,
-                       rank=np.full(len(r.events), rank))
+                       rank=np.full(len(r.events), part),
+                       batch=np.where(columns["batch"] >= 0, columns["batch"] + first,
+                                      columns["batch"]))
         events.append(Events(**columns))
-        errors += [ErrorRecord(x.kind, x.worker, x.index, x.batch, x.time + shift,
-                               x.message, rank, x.type) for x in r.errors]
+        errors += [ErrorRecord(x.kind, x.worker, x.index,
+                               x.batch + first if x.batch is not None and x.batch >= 0
+                               else x.batch, x.time + shift, x.message, part, x.type)
+                   for x in r.errors]
         columns = {name: r.occurrences.column(name) for name in Occurrences.fields}
-        columns["rank"] = np.full(len(r.occurrences), rank)
+        columns.update(rank=np.full(len(r.occurrences), part),
+                       batch=np.where(columns["batch"] >= 0, columns["batch"] + first,
+                                      columns["batch"]))
         occurrences.append(Occurrences(**columns))
     keys = None
     if any(r.keys is not None for r in runs):
         keys = np.unique(np.concatenate([np.asarray(r.universe, dtype=np.int64)
                                          for r in runs]))
     merged = Events.concat(events)
-    config = ({**runs[0].config, "world_size": len(runs)} if by == "rank"
-              else {**runs[0].config, "passes": len(runs)})
+    config = {key: value for key, value in runs[0].config.items() if key != "clock_sync"}
+    config["world_size" if by == "rank" else "passes"] = len(chained)
+    if clock is not None:
+        config["clock_sync"] = clock
+    if len(part_of) > len(chained):
+        config["chained"] = chained
     return Run(
         config={**config, "merged_by": by},
         dataset_size=len(keys) if keys is not None else max(r.dataset_size for r in runs),
@@ -374,14 +401,59 @@ def merge_runs(runs: Iterable[Run], *, by: str = "rank") -> Run:
         events=merged[np.argsort(merged.column("start"), kind="stable")],
         errors=errors,
         occurrences=Occurrences.concat(occurrences),
-        workers={w + 1000 * rank: pid for rank, r in enumerate(runs)
+        workers={w + 1000 * part: pid for part, r in zip(part_of, runs)
                  for w, pid in r.workers.items()},
-        duration=max(r.origin - origin + r.duration for r in runs),
+        duration=max(start - origin + r.duration for r, start in zip(runs, starts)),
         stop=runs[0].stop if len({r.stop for r in runs}) == 1 else "error",
         origin=origin,
-        notes=[n for r in runs for n in r.notes],
+        notes=[n for r in runs for n in r.notes] + notes,
         labels=runs[0].labels if all(r.labels == runs[0].labels for r in runs) else None,
     )
+
+
+def _parts(parts: Sequence[int] | None, count: int) -> list[int]:
+    """``merge_runs``'s parts: one per run, numbering the parts 0, 1, ... without gaps."""
+    if parts is None:
+        return list(range(count))
+    if isinstance(parts, (str, bytes)) or not isinstance(parts, Sequence):
+        raise TypeError(f"parts must be a sequence of ints, not {type(parts).__name__}")
+    out = list(parts)
+    if len(out) != count or not all(_is_int(p) for p in out):
+        raise ValueError(f"parts must give one int per run ({count}), got {out!r}")
+    if sorted(set(out)) != list(range(len(set(out)))):
+        raise ValueError(f"parts must number the parts 0, 1, ... without gaps, got {out!r}")
+    return out
+
+
+def _batch_range(run: Run) -> tuple[int, int]:
+    """The lowest and highest batch number in ``run`` ((0, -1) if it has none). A traced
+    loader numbers its passes' batches on, so a later pass may not start at 0."""
+    numbers = [t.column("batch") for t in (run.events, run.occurrences)]
+    numbers = [b[b >= 0] for b in numbers]
+    numbers = [b for b in numbers if len(b)]
+    if not numbers:
+        return 0, -1
+    return min(int(b.min()) for b in numbers), max(int(b.max()) for b in numbers)
+
+
+def _aligned_starts(runs: list[Run]) -> tuple[list[int], dict[str, Any] | None, list[str]]:
+    """Each run's start on one clock; the merged run's clock_sync; a note if any.
+
+    Runs of one job that measured their clocks' offsets (``config["clock_sync"]``)
+    start at ``origin - offset_ns`` on rank 0's clock, wherever they ran. Otherwise
+    ``origin`` is taken as it is: right only for processes of one machine.
+    """
+    found = [r.config.get("clock_sync") for r in runs]
+    syncs = [s for s in found if isinstance(s, dict)]
+    if len(syncs) == len(runs) and len({s["job"] for s in syncs}) == 1:
+        clock = {"job": syncs[0]["job"], "offset_ns": 0,
+                 "spread_ns": max(int(s.get("spread_ns", 0)) for s in syncs)}
+        return [r.origin - int(s["offset_ns"]) for r, s in zip(runs, syncs)], clock, []
+    notes = []
+    if syncs:
+        notes.append("merged runs that are not all of one job's clock_sync: aligned by the "
+                     "clock's value at each run's start, right only for one machine's processes")
+    return [r.origin for r in runs], None, notes
 
 
 def _columns_to_dict(table: Table) -> dict[str, Any]:
@@ -565,4 +637,8 @@ _CONFIG_CHECKS = {
     "pin_memory": lambda v: isinstance(v, bool),
     "dataset_kind": lambda v: v in ("map", "iterable"),
     "merged_by": lambda v: v in ("rank", "pass"), "passes": _count_up_to(10**6),
+    "clock_sync": lambda v: isinstance(v, dict) and isinstance(v.get("job"), str)
+    and _is_int(v.get("offset_ns")) and _is_int(v.get("spread_ns", 0)),
+    "chained": lambda v: isinstance(v, list) and all(
+        isinstance(p, list) and all(_is_int(b) and b >= 0 for b in p) for p in v),
 }
