@@ -37,7 +37,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dlviz.explain import explain
+import numpy as np
+
+from dlviz.explain import Finding, explain
 from dlviz.ledger import SUMMARY_KEYS
 from dlviz.run import Run, merge_runs
 
@@ -143,22 +145,72 @@ def summary_text(run: Run) -> str:
               f"{e.index}: {e.message.strip().splitlines()[-1] if e.message.strip() else ''}"
               for e in run.errors]
     lines += [f"note: {n}" for n in run.notes]
-    if _explained(run):
-        lines += ["", "where the data went (dlviz.explain):"]
-        lines += [str(f) for f in explain(run)] or ["  nothing is missing or repeated"]
+    findings = _findings(run)
+    if findings is not None:
+        lines += ["", "where the data went (dlviz.explain" + (
+            ", epoch by epoch):" if run.config.get("chained") else "):")]
+        lines += [_in_pass(f, run) + str(f) for f in findings] or [
+            "  nothing is missing or repeated"]
     elif run.config.get("chained"):
         lines += ["", _PER_PASS]
     return "\n".join(lines)
 
 
-_PER_PASS = ("where the data went: every pass delivers each index again, so dlviz.explain "
-             "reads one pass at a time: summary of one pass's files (DIR/*-pass0.json)")
+_PER_PASS = ("where the data went: dlviz.explain reads one pass at a time, and these passes "
+             "did not all run to their end: summary of one pass's files (DIR/*-pass0.json)")
 
 
-def _explained(run: Run) -> bool:
-    """Whether :func:`dlviz.explain` can read ``run`` as one pass (of one or more ranks):
-    passes merged by pass, or chained in ranks, are explained from their own files."""
-    return run.config.get("merged_by") != "pass" and not run.config.get("chained")
+def _in_pass(finding: Finding, run: Run) -> str:
+    """``pass 1: `` before a finding about one pass of a job whose passes are chained."""
+    if not run.config.get("chained") or not finding.passes:
+        return ""
+    return f"pass {', '.join(map(str, finding.passes))}: "
+
+
+def _findings(run: Run) -> list[Finding] | None:
+    """:func:`dlviz.explain`'s findings, or None where it cannot read ``run``: passes
+    merged by pass are explained from their own files; a job's ranks with their passes
+    chained (``config["chained"]``) pass by pass, when every pass ran to its end."""
+    if run.config.get("merged_by") == "pass":
+        return None
+    if not run.config.get("chained"):
+        return explain(run)
+    passes = _passes(run)
+    return None if passes is None else explain(passes)
+
+
+def _passes(run: Run) -> list[Run] | None:
+    """A job merged by rank, its passes chained (:func:`dlviz.merge_runs` with
+    ``parts``), split back into one Run per pass with its ranks: what each epoch did.
+    None unless every rank has the same number of passes and every pass was exhausted
+    (the merged file keeps one ``stop``: a pass that stopped early would read as a
+    checkpoint to :func:`dlviz.explain`)."""
+    chained = run.config["chained"]
+    count = len(chained[0])
+    if run.stop != "exhausted" or any(len(p) != count for p in chained):
+        return None
+    ev, occ = run.events, run.occurrences
+    config = {k: v for k, v in run.config.items() if k != "chained"}
+    out = []
+    for k in range(count):
+        in_events = np.zeros(len(ev), bool)
+        in_occ = np.zeros(len(occ), bool)
+        errors = []
+        for part, starts in enumerate(chained):
+            low, high = starts[k], starts[k + 1] if k + 1 < count else np.iinfo(np.int64).max
+            mine = ev.column("rank") == part
+            batch = ev.column("batch")
+            in_events |= mine & (batch >= low) & (batch < high)
+            batch = occ.column("batch")
+            in_occ |= (occ.column("rank") == part) & (batch >= low) & (batch < high)
+            errors += [e for e in run.errors if e.rank == part and e.batch is not None
+                       and low <= e.batch < high]
+        out.append(Run(config=config, dataset_size=run.dataset_size, keys=run.keys,
+                       events=ev.where(in_events), errors=errors,
+                       occurrences=occ.where(in_occ), workers=run.workers,
+                       duration=run.duration, stop=run.stop, origin=run.origin,
+                       labels=run.labels))
+    return out
 
 
 def summary(args: argparse.Namespace) -> None:
@@ -187,15 +239,18 @@ def report_html(run: Run, title: str) -> str:
              f"<table>{rows}</table>",
              f'<h2>Timeline and ledger</h2><img alt="timeline and ledger" '
              f'src="data:image/png;base64,{_png(plot_run(run))}">']
-    if _explained(run):
-        findings = "".join(f"<li><b>{html.escape(f.cause)}</b> ({f.count}): "
-                           f"{html.escape(f.message)}<br><i>fix:</i> {html.escape(f.fix)} "
-                           f"<i>({html.escape(f.lesson)})</i></li>" for f in explain(run))
-        fig = Figure(figsize=(10, 3.2))
-        plot_waterfall(run, fig.add_axes((0.08, 0.15, 0.6, 0.72)))
-        findings = findings or "<li>nothing is missing or repeated</li>"
-        parts.append(f"<h2>Where the data went</h2><ul>{findings}</ul><img alt='waterfall' "
-                     f"src='data:image/png;base64,{_png(fig)}'>")
+    findings = _findings(run)
+    if findings is not None:
+        found = "".join(f"<li>{_in_pass(f, run)}<b>{html.escape(f.cause)}</b> ({f.count}): "
+                        f"{html.escape(f.message)}<br><i>fix:</i> {html.escape(f.fix)} "
+                        f"<i>({html.escape(f.lesson)})</i></li>" for f in findings)
+        found = found or "<li>nothing is missing or repeated</li>"
+        picture = ""
+        if not run.config.get("chained"):  # a job's epochs: no one waterfall
+            fig = Figure(figsize=(10, 3.2))
+            plot_waterfall(run, fig.add_axes((0.08, 0.15, 0.6, 0.72)))
+            picture = f"<img alt='waterfall' src='data:image/png;base64,{_png(fig)}'>"
+        parts.append(f"<h2>Where the data went</h2><ul>{found}</ul>{picture}")
     elif run.config.get("chained"):
         parts.append(f"<h2>Where the data went</h2><p>{html.escape(_PER_PASS)}</p>")
     if run.config.get("merged_by"):

@@ -6,7 +6,10 @@ Run it as a training script, then merge what its ranks wrote::
     python -m dlviz merge runs/*.json -o job.json       # every rank and epoch, one ledger
     python -m dlviz report job.json -o report.html
 
-or from Python (a notebook, a test): ``files = dlviz.job.launch(2, "runs", epochs=2)``.
+or from Python (a notebook, a test)::
+
+    import dlviz.job
+    files = dlviz.job.launch(2, "runs", epochs=2)   # the same torchrun, in a subprocess
 
 Every rank is one process that torchrun started. It joins the process group torchrun
 describes in its environment (``env://``; gloo, CPU), measures where its clock stands

@@ -93,6 +93,7 @@ class _BatchDrawer:
                  stateful: bool = False) -> None:
         self.box = box
         self.stateful = stateful
+        self.skip = 0  # batches a resume skips (a sampler without state: dlviz.state)
         self.seq = itertools.count()
         self.batch_size = loader.batch_size
         self.drop_last = loader.drop_last
@@ -123,15 +124,21 @@ class _BatchDrawer:
             source = iter(batches)
         else:
             source = iter(self.source)
-        draws = self._draw(source, drawn)
         if self.mode != "batch" and state.is_stateful(source):  # torchdata saves its state
-            return state.StatefulDraws(draws, source, drawn)
-        return draws
+            self.skip = 0  # and restores it: nothing is drawn twice
+            return state.StatefulDraws(self._draw(source, drawn), source, drawn)
+        return self._draw(source, drawn)
 
     def _draw(self, source: Iterator[Any] | None, drawn: list[Any]) -> Iterator[Batch]:
         epoch = self.box.epoch  # read at the first draw: the pass that asks
         if source is None:
             source = iter(self.source)
+        skip, self.skip = self.skip, 0
+        for _ in range(skip):  # given before the checkpoint: drawn again, thrown away
+            size = (self.batch_size or 1) if self.mode == "batch" else 1
+            if not list(itertools.islice(source, size)):
+                return
+            yield Batch(-1, [])
         while True:
             if self.mode == "batch":
                 indices = list(itertools.islice(source, self.batch_size))
@@ -564,6 +571,11 @@ class Traced:
                             f"not {type(state_dict).__name__}")
         self._primed = None
         self.loader.load_state_dict(state_dict)
+        self._resume_from(state_dict)
+
+    def _resume_from(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(self.drawer, _StatefulBatchDrawer):
+            self.drawer.skip = state.batches_to_skip(state_dict)
 
     def _take_resume_state(self) -> None:
         """A state your loader was given (``load_state_dict``) goes to the traced one,
@@ -571,6 +583,7 @@ class Traced:
         original: Any = self.original
         if original.next_iter_state is not None:
             self.loader.load_state_dict(original.next_iter_state)
+            self._resume_from(original.next_iter_state)
             original.next_iter_state = None
         if not isinstance(original._iterator, state.StateOfTraced):
             original._iterator = state.StateOfTraced(self)

@@ -12,12 +12,28 @@ therefore resumes an untraced loader, and the other way round (lesson 09).
 
 The wrappers in the main process live here; the dataset wrappers, which run in
 the workers, are in :mod:`dlviz.worker`.
+
+When the sampler has no state of its own (a custom ``batch_sampler`` without
+``state_dict``), torchdata resumes by drawing the batches already given again and
+throwing them away; dlviz draws those without recording them (:func:`batches_to_skip`),
+so the resumed pass shows only what it gave. Not recorded faithfully: with
+``snapshot_every_n_steps`` > 1, torchdata reaches a checkpoint by *replaying* the
+batches since its last snapshot inside the new iterator (fetched again, handed to
+no loop); dlviz records them as the pass's first deliveries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+
+
+def batches_to_skip(state_dict: dict[str, Any]) -> int:
+    """How many batches a resume from ``state_dict`` skips when the sampler has no state
+    (torchdata 0.11's layout: the main process's snapshot with workers, flat without)."""
+    main = state_dict.get("_snapshot", {}).get("_main_snapshot", state_dict)
+    skip = main.get("_sampler_iter_yielded", 0)
+    return skip if isinstance(skip, int) and skip > 0 else 0
 
 
 def is_stateful(part: Any) -> bool:

@@ -33,6 +33,7 @@ from dlviz.job import launch
 from dlviz.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
 WORLD, EPOCHS, N, BS, SEED = 2, 2, 21, 4, 3
 JOBS = {"plain": {"num_workers": 0, "shuffle": False, "drop_last": False},
         "worker": {"num_workers": 1, "shuffle": True, "drop_last": True}}
@@ -124,6 +125,9 @@ def test_torchrun_job_merged_by_the_cli(name: str, jobs: dict[str, list[Path]],
     done = cli("summary", tmp_path / "job.json")
     assert done.returncode == 0, done.stderr
     assert "merged: 2 ranks x 2 passes on one ledger" in done.stdout
+    # dlviz.explain reads the job epoch by epoch: padding (or drop_last) in each
+    cause = "[drop_last]" if s["drop_last"] else "[distributed_padding]"
+    assert all(f"pass {epoch}: {cause}" in done.stdout for epoch in range(EPOCHS)), done.stdout
     done = cli("report", tmp_path / "job.json", "-o", tmp_path / "job.html")
     assert done.returncode == 0, done.stderr
     assert "Every index in every rank" in (tmp_path / "job.html").read_text()
@@ -196,6 +200,23 @@ def test_bad_rank_files_get_one_line_and_exit_2(jobs: dict[str, list[Path]],
     done = cli("merge", files[0], files[2], "--by", "pass", "-o", tmp_path / "rank0.json")
     assert done.returncode == 0, done.stderr  # one rank's passes
     assert Run.from_json(tmp_path / "rank0.json").config["passes"] == EPOCHS
+
+
+def test_merge_runs_chains_the_runs_of_one_part() -> None:
+    """``parts``: two passes in part 0, one in part 1; batch numbers stay apart."""
+    run = Run.from_json(FIXTURES / "clean.json")
+    merged = dlviz.merge_runs([run, run, run], parts=[0, 1, 0])
+    batches = len(run.batches())
+    assert merged.config["chained"] == [[0, batches], [0]]
+    assert merged.config["world_size"] == 2
+    assert merged.ledger.deliveries[:run.dataset_size].tolist() == [3] * run.dataset_size
+    keys = [(b.rank, b.batch) for b in merged.batches()]
+    assert len(keys) == len(set(keys)) == 3 * batches
+    assert dlviz.merge_runs([run, run]) == dlviz.merge_runs([run, run], parts=[0, 1])
+    for bad, error in (("01", TypeError), ([0], ValueError), ([0, 2], ValueError),
+                       ([True, 0], ValueError), (5, TypeError)):
+        with pytest.raises(error, match="parts"):
+            dlviz.merge_runs([run, run], parts=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("args", "error", "match"), [

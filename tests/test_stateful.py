@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import check_ledger_adds_up, live_processes, processes_left
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, Dataset, RandomSampler
 
 import dlviz
 from dlviz.datasets import SyntheticDataset
-from tests.helpers import check_ledger_adds_up, live_processes, processes_left
 
 StatefulDataLoader = pytest.importorskip("torchdata.stateful_dataloader").StatefulDataLoader
 
@@ -122,6 +122,36 @@ def test_a_state_asked_before_the_first_batch_begins_that_pass() -> None:
     resumed = make(seed=99)
     resumed.load_state_dict(state)
     assert [i for batch in dlviz.trace(resumed) for i in indices(batch)] == order
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_sampler_without_state_resumes_by_skipping_unrecorded(num_workers: int) -> None:
+    """A torch BatchSampler has no state: torchdata resumes by drawing the batches
+    already given again and throwing them away. The resumed pass did not sample them."""
+    dataset = SyntheticDataset(50)
+
+    def build() -> Any:
+        ctx = multiprocessing.get_context("fork") if num_workers else None
+        return StatefulDataLoader(dataset, num_workers=num_workers, multiprocessing_context=ctx,
+                                  batch_sampler=BatchSampler(RandomSampler(
+                                      dataset, generator=torch.Generator().manual_seed(3)),
+                                      5, drop_last=False))
+
+    outcome = []
+    for wrap in (False, True):
+        loader = build()
+        source = dlviz.trace(loader) if wrap else loader
+        before, state = until(source, 3)
+        resumed = build()
+        resumed.load_state_dict(state)
+        again = dlviz.trace(resumed) if wrap else resumed
+        outcome.append((before, [i for batch in again for i in indices(batch)]))
+    assert outcome[1] == outcome[0]
+    run = again.run
+    assert run.summary()["never_sampled"] == 15 == len(outcome[1][0])
+    assert [run.fate(i) for i in outcome[1][0]] == ["never_sampled"] * 15
+    assert run.delivered() == outcome[1][1]
+    source.close()
 
 
 def test_drop_last_tail_is_seen_through_torchdatas_batch_sampler() -> None:
