@@ -40,7 +40,8 @@ from typing import Any
 
 from dlviz import _check
 
-__all__ = ["launch", "main", "sync_clocks", "files_of", "SETTINGS", "MAX_WORLD_SIZE"]
+__all__ = ["launch", "main", "sync_clocks", "fork_ranks", "files_of", "SETTINGS",
+           "MAX_WORLD_SIZE"]
 
 MAX_WORLD_SIZE = 16
 """Ranks :func:`launch` starts on this machine, at most (each one imports torch)."""
@@ -136,6 +137,31 @@ def train(out: Path, s: dict[str, Any]) -> list[Path]:
         dist.destroy_process_group()
 
 
+def fork_ranks(nproc: int, port: int, out: Path, s: dict[str, Any]) -> dict[int, list[Path]]:
+    """Start ``nproc`` ranks of :func:`train` with torchrun's engine, forked from here.
+
+    ``elastic_launch`` is what ``torchrun`` runs: it sets each rank's environment
+    (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...) and waits for them all; with a
+    function to run and ``start_method="fork"`` the ranks are forks of this process,
+    which has imported torch already. Returns each rank's files.
+    """
+    import gc
+
+    import torch._dynamo  # noqa: F401  (what DistributedDataParallel imports: ~800 modules)
+    import torch.nn.parallel  # noqa: F401
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from dlviz.recorder import trace  # noqa: F401  (imported once, here, for every rank)
+
+    gc.freeze()  # the ranks' garbage collector leaves these objects (and their pages) shared
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="dlviz",
+                          rdzv_backend="static", rdzv_endpoint=f"127.0.0.1:{port}",
+                          rdzv_configs={"rank": 0, "timeout": 900}, max_restarts=0,
+                          start_method="fork", monitor_interval=0.1)
+    result: dict[int, list[Path]] = elastic_launch(config, train)(out, s)
+    return result
+
+
 def files_of(out_dir: str | os.PathLike[str], world_size: int, epochs: int) -> list[Path]:
     """The files a job of ``world_size`` ranks and ``epochs`` epochs writes, by pass then rank."""
     return [Path(out_dir) / f"rank{r}-pass{p}.json" for p in range(epochs)
@@ -177,12 +203,18 @@ def _arguments(s: dict[str, Any]) -> list[str]:
 
 
 def launch(nproc: int, out_dir: str | os.PathLike[str], *, timeout_s: float = 300.0,
-           **settings: Any) -> list[Path]:
+           launcher: str = "torchrun", **settings: Any) -> list[Path]:
     """Run this job under torchrun with ``nproc`` CPU ranks on this machine; its files.
 
-    Runs ``python -m torch.distributed.run --nproc-per-node nproc --master-addr
-    127.0.0.1 --master-port <a free port> -m dlviz.job --out out_dir ...`` in a
-    subprocess, as you would in a terminal. ``settings`` are :data:`SETTINGS`
+    ``launcher="torchrun"``: runs ``python -m torch.distributed.run --nproc-per-node
+    nproc --master-addr 127.0.0.1 --master-port <a free port> -m dlviz.job --out
+    out_dir ...`` in a subprocess, as you would in a terminal: every rank is a fresh
+    Python that imports torch (about 145 MiB of its own each, and torchrun's too).
+    ``launcher="fork"`` (Linux, macOS): ``python -m dlviz.job --fork-ranks nproc ...``
+    starts the ranks with torchrun's own engine (``torch.distributed.launcher.api.
+    elastic_launch``, the same environment, rendezvous and process group) from one
+    process that imported torch once and *forks* them, so the ranks share its memory:
+    how lesson 9 stays within a learner's memory. ``settings`` are :data:`SETTINGS`
     (``epochs``, ``n``, ``batch_size``, ``num_workers``, ``shuffle``, ``drop_last``,
     ``sampler_drop_last``, ``seed``, ``cost_ms``). Files ``rank*-pass*.json`` already in
     ``out_dir`` are deleted first, so the files returned are this job's.
@@ -194,6 +226,9 @@ def launch(nproc: int, out_dir: str | os.PathLike[str], *, timeout_s: float = 30
     process group) before this returns. Lesson 9.
     """
     world = _check.count("nproc", nproc, minimum=1, maximum=MAX_WORLD_SIZE)
+    launcher = _check.choice("launcher", launcher, ("torchrun", "fork"))
+    if launcher == "fork" and os.name != "posix":
+        raise ValueError("launcher='fork' needs fork (Linux, macOS); use 'torchrun'")
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"out_dir must be a str or a pathlib.Path, not {type(out_dir).__name__}")
     timeout = _check.non_negative("timeout_s", timeout_s)
@@ -213,9 +248,14 @@ def launch(nproc: int, out_dir: str | os.PathLike[str], *, timeout_s: float = 30
     interface = _loopback_interface()
     if interface is not None:
         env.setdefault("GLOO_SOCKET_IFNAME", interface)  # gloo listens on loopback only
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
-               "--master-addr=127.0.0.1", f"--master-port={free_port()}",
-               "-m", "dlviz.job", "--out", str(out), *_arguments(s)]
+    port = free_port()
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
+                   "--master-addr=127.0.0.1", f"--master-port={port}",
+                   "-m", "dlviz.job", "--out", str(out), *_arguments(s)]
+    else:
+        command = [sys.executable, "-m", "dlviz.job", "--fork-ranks", str(world),
+                   "--master-port", str(port), "--out", str(out), *_arguments(s)]
     posix = os.name == "posix"
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, start_new_session=posix)
@@ -291,17 +331,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="A tiny DDP training job on CPU (gloo) whose DataLoader is recorded; "
         "each rank writes OUT/rank{r}-pass{p}.json. Merge them with python -m dlviz merge.")
     parser.add_argument("--out", required=True, type=Path, help="folder for the run files")
+    parser.add_argument("--fork-ranks", type=int, default=0, metavar="N",
+                        help="not under torchrun: start N ranks with torchrun's engine, "
+                        "forked from this process (they share its torch)")
+    parser.add_argument("--master-port", type=int, default=29500,
+                        help="with --fork-ranks: the port of rank 0's store")
     for name, default in SETTINGS.items():
         if isinstance(default, bool):
             parser.add_argument(_option(name), dest=name, action="store_true")
         else:
             parser.add_argument(_option(name), dest=name, type=type(default), default=default)
     args = vars(parser.parse_args(argv))
-    out = args.pop("out")
+    out, forked, port = args.pop("out"), args.pop("fork_ranks"), args.pop("master_port")
     try:
         s = _settings(args)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
+    if forked:
+        out.mkdir(parents=True, exist_ok=True)
+        for paths in fork_ranks(forked, port, out, s).values():
+            for path in paths:
+                print(f"wrote {path}", flush=True)
+        return 0
     if "RANK" not in os.environ:
         parser.error("run me under torchrun (it sets RANK, WORLD_SIZE, MASTER_ADDR...): "
                      "torchrun --nproc-per-node 2 -m dlviz.job --out DIR")

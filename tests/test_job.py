@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 WORLD, EPOCHS, N, BS, SEED = 2, 2, 21, 4, 3
 JOBS = {"plain": {"num_workers": 0, "shuffle": False, "drop_last": False},
-        "worker": {"num_workers": 1, "shuffle": True, "drop_last": True}}
+        "worker": {"num_workers": 1, "shuffle": True, "drop_last": True, "launcher": "fork"}}
+"""The torchrun command line, and torchrun's engine forking the ranks (lesson 9's way)."""
 
 
 def shares(n: int, world: int, epoch: int, *, shuffle: bool, seed: int) -> list[list[int]]:
@@ -61,8 +62,9 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
-    """Two real torchrun jobs of 2 ranks x 2 epochs: no workers, and 1 worker per rank
-    with shuffle (set_epoch) and the DataLoader's drop_last."""
+    """Two real torchrun jobs of 2 ranks x 2 epochs: no workers (the torchrun command),
+    and 1 worker per rank with shuffle (set_epoch) and the DataLoader's drop_last
+    (ranks forked by torchrun's engine)."""
     return {name: launch(WORLD, tmp_path_factory.mktemp(name), epochs=EPOCHS, n=N,
                          batch_size=BS, seed=SEED, **settings)
             for name, settings in JOBS.items()}
@@ -78,6 +80,7 @@ def test_torchrun_job_merged_by_the_cli(name: str, jobs: dict[str, list[Path]],
     assert len({r.config["rank_pid"] for r in runs.values()}) == WORLD  # real processes
     assert len({r.config["clock_sync"]["job"] for r in runs.values()}) == 1
     assert all(r.config["num_workers"] == s["num_workers"] for r in runs.values())
+    assert all(r.config["world_size"] == WORLD for r in runs.values())
     expected: dict[tuple[int, int], list[int]] = {}
     for epoch in range(EPOCHS):
         for rank, share in enumerate(shares(N, WORLD, epoch, shuffle=s["shuffle"], seed=SEED)):
@@ -226,6 +229,7 @@ def test_merge_runs_chains_the_runs_of_one_part() -> None:
     ((2, "x", {"shuffle": 1}), TypeError, "shuffle"),
     ((2, "x", {"batchsize": 4}), TypeError, "batchsize"),
     ((2, "x", {"timeout_s": 0}), ValueError, "timeout_s"),
+    ((2, "x", {"launcher": "mpirun"}), ValueError, "launcher"),
 ])
 def test_launch_bad_arguments(args: tuple[Any, ...], error: type[Exception], match: str,
                               tmp_path: Path) -> None:
@@ -276,6 +280,6 @@ def test_ctrl_c_and_timeout_stop_torchrun_and_every_rank(tmp_path: Path,
     assert not job_processes(out)
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="timeout_s"):
-        launch(WORLD, out, n=400, cost_ms=100.0, timeout_s=3)
+        launch(WORLD, out, n=400, cost_ms=100.0, timeout_s=3, launcher="fork")
     assert time.monotonic() - started < 30
     assert not job_processes(out)
