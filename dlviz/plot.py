@@ -640,13 +640,13 @@ def plot_passes(runs: Run | Sequence[Run], ax: Axes | None = None, *, show: str 
     ax = ax or plt.gca()
     led = merged.ledger
     occ = merged.occurrences
-    part = occ.column("rank")
-    parts = int(part.max()) + 1 if len(part) else 1
+    labels, occ_row, event_row = _pass_rows(merged)
+    parts = len(labels)
     word = _part(merged)
     if show == "fate":
         to_ledger = np.array([_LEDGER.index(f) for f in FATES], dtype=np.int8)
         grid = np.stack([to_ledger[ledger_of(merged.dataset_size, merged.keys,
-                                             occ.where(part == p)).best[:led.size]]
+                                             occ.where(occ_row == p)).best[:led.size]]
                          for p in range(parts)]) if led.size else np.zeros((parts, 0), np.int8)
         table = np.array([to_rgba(FATE_COLORS[f]) for f in _LEDGER])
         image = table[grid]
@@ -659,8 +659,8 @@ def plot_passes(runs: Run | Sequence[Run], ax: Axes | None = None, *, show: str 
         for p in range(parts):
             order = np.asarray(Run(config=merged.config, dataset_size=merged.dataset_size,
                                    keys=merged.keys, events=merged.events.where(
-                                       merged.events.column("rank") == p), errors=[],
-                                   occurrences=occ.where(part == p), workers={}, duration=0,
+                                       event_row == p), errors=[],
+                                   occurrences=occ.where(occ_row == p), workers={}, duration=0,
                                    stop="exhausted").delivered(), dtype=np.int64)
             where = led.positions(order)
             ok = where >= 0
@@ -670,15 +670,43 @@ def plot_passes(runs: Run | Sequence[Run], ax: Axes | None = None, *, show: str 
                    Patch(color="#DDDDDD", label="not delivered")]
     ax.imshow(image, aspect="auto", interpolation="nearest",
               extent=(-0.5, max(led.size, 1) - 0.5, parts - 0.5, -0.5), gid=f"passes:{show}")
-    ax.set_yticks(range(parts), [f"{word} {p}" for p in range(parts)])
+    ax.set_yticks(range(parts), labels)
     unit = "key" if merged.keys is not None else "index"
     ax.set_xlabel(f"dataset {unit} (position in the sorted dataset)" if merged.keys is not None
                   else "dataset index", fontsize=9)
     ax.tick_params(labelsize=8)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), **_LEGEND)
     what = "fate" if show == "fate" else "delivery order"
-    ax.set_title(f"Every {unit} in every {word}: its {what}", loc="left", fontsize=11)
+    rows = f"{word} and pass" if len(labels) > int(occ.column("rank").max(initial=0)) + 1 \
+        else word
+    ax.set_title(f"Every {unit} in every {rows}: its {what}", loc="left", fontsize=11)
     return ax
+
+
+def _pass_rows(merged: Run) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The rows of :func:`plot_passes`: a label each, and the row of every occurrence and
+    event. One row per part (rank or pass); a job merged by rank whose ranks ran several
+    passes (``config["chained"]``: the first batch of each) gets one row per rank and pass."""
+    word = _part(merged)
+    occ_part = merged.occurrences.column("rank").astype(np.int64)
+    event_part = merged.events.column("rank").astype(np.int64)
+    parts = int(max(occ_part.max(initial=0), event_part.max(initial=0))) + 1
+    chained = merged.config.get("chained")
+    if not isinstance(chained, list) or len(chained) != parts:
+        return [f"{word} {p}" for p in range(parts)], occ_part, event_part
+    first_row = np.cumsum([0] + [len(c) for c in chained])
+    labels = [f"{word} {p} · pass {k}" for p, c in enumerate(chained) for k in range(len(c))]
+
+    def rows(part: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(part), np.int64)
+        for p, starts in enumerate(chained):
+            mine = part == p
+            k = np.searchsorted(np.asarray(starts), batch[mine], side="right") - 1
+            out[mine] = first_row[p] + np.clip(k, 0, len(starts) - 1)
+        return out
+
+    return (labels, rows(occ_part, merged.occurrences.column("batch")),
+            rows(event_part, merged.events.column("batch")))
 
 
 # ---------------------------------------------------------------- the pipeline map

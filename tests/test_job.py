@@ -24,12 +24,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+import numpy as np
 import psutil
 import pytest
 import torch
+from matplotlib.colors import to_rgba
 
 import dlviz
 from dlviz.job import launch
+from dlviz.ledger import FATE_COLORS
 from dlviz.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +112,16 @@ def test_torchrun_job_merged_by_the_cli(name: str, jobs: dict[str, list[Path]],
     assert summary["never_sampled"] == 0 and summary["failed"] == 0
     if not s["drop_last"]:  # padding: 21 -> 22, one index twice in every epoch
         assert summary["deliveries"] == EPOCHS * 22
+    # the passes grid: a row per rank and epoch, each delivering that rank's share
+    ax = dlviz.plot_passes(merged)
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        f"rank {r} · pass {p}" for r in range(WORLD) for p in range(EPOCHS)]
+    image = ax.images[0].get_array()
+    green = np.array(to_rgba(FATE_COLORS["delivered"]))
+    for row, (rank, epoch) in enumerate((r, p) for r in range(WORLD) for p in range(EPOCHS)):
+        shown = np.flatnonzero(np.all(np.isclose(image[row], green), axis=1)).tolist()
+        assert shown == sorted(set(expected[(rank, epoch)])), (rank, epoch)
+    plt.close(ax.figure)
     # each rank's epochs are chained: batch numbers never repeat within a rank
     batches = [(b.rank, b.batch) for b in merged.batches()]
     assert len(batches) == len(set(batches))
