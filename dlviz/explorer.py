@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hinting_flag
 from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
+from matplotlib.font_manager import FontProperties, fontManager, get_font
 from matplotlib.ft2font import FT2Font
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -238,6 +238,8 @@ class _TextCache:
 
     def __init__(self) -> None:
         self.lines: dict[tuple[Any, ...], tuple[np.ndarray, int, int] | None] = {}
+        self.heights: dict[tuple[Any, ...], tuple[float | None, float | None,
+                                                  float | None]] = {}
 
     def get(self, renderer: RendererAgg, s: str, prop: FontProperties, mtext: Any
             ) -> tuple[np.ndarray, int, int] | None:
@@ -285,12 +287,43 @@ class _TextCache:
         return image, left, top
 
 
+def _height_metrics(prop: FontProperties, dpi: float
+                    ) -> tuple[float | None, float | None, float | None]:
+    """What matplotlib's ``Text._get_layout`` reads from the font's tables: ascent,
+    descent and line gap in pixels (Nones: it measures the text instead)."""
+    font = get_font(fontManager._find_fonts_by_props(prop))  # type: ignore[attr-defined]
+    for table_name, gap, ascent, descent in (
+            ("OS/2", "sTypoLineGap", "sTypoAscender", "sTypoDescender"),
+            ("hhea", "lineGap", "ascent", "descent")):
+        table = font.get_sfnt_table(table_name)
+        if table is None:
+            continue
+        head = font.get_sfnt_table("head")
+        assert head is not None
+        scale = 1 / head["unitsPerEm"] * prop.get_size_in_points() * dpi / 72
+        return table[ascent] * scale, -table[descent] * scale, table[gap] * scale
+    return None, None, None
+
+
 class _CachedTextRenderer(RendererAgg):
     """An Agg renderer that draws plain, unrotated text from a :class:`_TextCache`."""
 
     def __init__(self, width: float, height: float, dpi: float, cache: _TextCache) -> None:
         super().__init__(width, height, dpi)  # type: ignore[no-untyped-call]
         self._cache = cache
+
+    def _get_font_height_metrics(self, prop: FontProperties
+                                 ) -> tuple[float | None, float | None, float | None]:
+        """A font's ascent, descent and line gap at this size, read once per font: the
+        hook matplotlib 3.11+ asks a renderer for them before it reads the font's tables
+        itself, for every text it measures (the same numbers, a tenth of drawing)."""
+        key = (tuple(prop.get_family()), prop.get_style(), prop.get_variant(),
+               prop.get_weight(), prop.get_stretch(), prop.get_size_in_points(),
+               prop.get_file(), self.dpi)
+        metrics = self._cache.heights.get(key)
+        if metrics is None:
+            metrics = self._cache.heights[key] = _height_metrics(prop, self.dpi)
+        return metrics
 
     def draw_text(self, gc: Any, x: float, y: float, s: str, prop: FontProperties,
                   angle: float, ismath: Any = False, mtext: Any = None) -> None:
@@ -375,16 +408,14 @@ def _redraw(run: Run, canvas: _Canvas) -> Figure | None:
     None. The timeline's and the ledger's Axes are emptied, not cleared: an Axes made
     or cleared builds its ticks again, most of what building ``plot_run`` costs; emptied,
     it keeps them and :func:`plot_timeline` and :func:`plot_ledger` draw on it again
-    (the outstanding-batches panel is made anew by plot_timeline)."""
+    (plot_timeline draws on the emptied outstanding-batches panel it finds there)."""
     if canvas.kept is None or canvas.kept[0] != _lane_names(run):
         return None
     fig = canvas.kept[1]
     if len(fig.axes) != 2 or getattr(fig, "_suptitle", None) is None:  # cleared since
         return None
     timeline, ledger = fig.axes
-    for ax in (timeline, ledger):
-        for child in list(ax.child_axes):
-            child.remove()
+    for ax in (timeline, ledger, *timeline.child_axes):  # the panel is emptied too
         for artists in (ax.collections, ax.images, ax.lines, ax.patches, ax.texts,
                         ax.artists, ax.tables):
             for artist in list(artists):

@@ -226,7 +226,8 @@ def plot_timeline(run: Run, ax: Axes | None = None) -> Axes:
     ax.tick_params(axis="y", length=0)
     ax.xaxis.set_visible(False)  # the time axis is drawn under the panel below
     ax.spines[:].set_visible(False)
-    ax.set_title("Timeline: who fetched what, and when", loc="left", fontsize=11)
+    # y given: matplotlib need not look for tick labels above the Axes (there are none)
+    ax.set_title("Timeline: who fetched what, and when", loc="left", fontsize=11, y=1.0)
     ax.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.01, 1),
               handler_map={tuple: HandlerTuple(ndivide=None, pad=0)}, **_LEGEND)
     missing = [n for n in run.notes if "filled up" in n]
@@ -464,10 +465,19 @@ def _errors(ax: Axes, run: Run, batches: Sequence[BatchInfo], y: dict[Lane, floa
 
 
 def _window(ax: Axes, run: Run, end_ms: float) -> Axes:
-    """The thin panel under the lanes: outstanding batches vs the prefetch ceiling."""
-    height_in = ax.bbox.height / ax.figure.dpi
-    frac = 0.62 / max(height_in, 0.5)
-    panel = ax.inset_axes((0, -frac - 0.12 / max(height_in, 0.5), 1, frac), sharex=ax)
+    """The thin panel under the lanes: outstanding batches vs the prefetch ceiling.
+
+    An empty panel already under ``ax`` is drawn on (the explorer empties and reuses
+    it: making an Axes builds its ticks, a good part of the drawing time)."""
+    panels = [child for child in ax.child_axes if child.get_label() == "outstanding_panel"
+              and not child.has_data() and not child.texts]
+    if panels:
+        panel = panels[0]
+    else:
+        height_in = ax.bbox.height / ax.figure.dpi
+        frac = 0.62 / max(height_in, 0.5)
+        panel = ax.inset_axes((0, -frac - 0.12 / max(height_in, 0.5), 1, frac), sharex=ax,
+                              label="outstanding_panel")
     times, levels = run.outstanding_steps()
     last = int(levels[-1]) if len(levels) else 0
     t = _ms(np.concatenate([[0], times, [run.duration]]))
@@ -552,7 +562,7 @@ def plot_ledger(run: Run, ax: Axes | None = None, *, columns: int | None = None)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1),
               ncols=1 if len(handles) <= 5 else 2, **_LEGEND)
     what = "stream key" if run.keys is not None else "dataset index"
-    ax.set_title(f"Ledger: the fate of every {what} ({n})", loc="left", fontsize=11)
+    ax.set_title(f"Ledger: the fate of every {what} ({n})", loc="left", fontsize=11, y=1.0)
     return ax
 
 
