@@ -469,8 +469,9 @@ def _window(ax: Axes, run: Run, end_ms: float) -> Axes:
 
     An empty panel already under ``ax`` is drawn on (the explorer empties and reuses
     it: making an Axes builds its ticks, a good part of the drawing time)."""
-    panels = [child for child in ax.child_axes if child.get_label() == "outstanding_panel"
-              and not child.has_data() and not child.texts]
+    panels = [child for child in ax.child_axes if isinstance(child, Axes)
+              and child.get_label() == "outstanding_panel" and not child.has_data()
+              and not child.texts]
     if panels:
         panel = panels[0]
     else:
