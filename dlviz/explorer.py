@@ -408,7 +408,8 @@ def _redraw(run: Run, canvas: _Canvas) -> Figure | None:
     None. The timeline's and the ledger's Axes are emptied, not cleared: an Axes made
     or cleared builds its ticks again, most of what building ``plot_run`` costs; emptied,
     it keeps them and :func:`plot_timeline` and :func:`plot_ledger` draw on it again
-    (plot_timeline draws on the emptied outstanding-batches panel it finds there)."""
+    (plot_timeline draws on the emptied outstanding-batches panel it finds there; a
+    legend whose labels are the same is kept)."""
     if canvas.kept is None or canvas.kept[0] != _lane_names(run):
         return None
     fig = canvas.kept[1]
@@ -420,8 +421,6 @@ def _redraw(run: Run, canvas: _Canvas) -> Figure | None:
                         ax.artists, ax.tables):
             for artist in list(artists):
                 artist.remove()
-        if ax.legend_ is not None:
-            ax.legend_.remove()
         ax.ignore_existing_data_limits = True  # limits from this run's data only
     plot_timeline(run, timeline)
     plot_ledger(run, ledger)
