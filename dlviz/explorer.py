@@ -355,6 +355,7 @@ class _Canvas(FigureCanvasAgg):
         self.texts = _TextCache()
         self._renderers: dict[tuple[Any, ...], _CachedTextRenderer] = {}
         self.kept: tuple[tuple[str, ...], Figure] | None = None  # (its lanes, the figure)
+        self.background: tuple[tuple[Any, ...], Any] | None = None  # see _draw_kept
 
     def get_renderer(self) -> RendererAgg:
         w, h = self.get_width_height(physical=True)
@@ -391,8 +392,42 @@ def draw_run(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None, *,
     else:
         canvas.figure = fig
         fig.set_canvas(canvas)
-    canvas.draw()  # type: ignore[no-untyped-call]
+    if isinstance(canvas, _Canvas) and canvas.kept is not None and canvas.kept[1] is fig:
+        _draw_kept(canvas, fig)
+    else:
+        canvas.draw()  # type: ignore[no-untyped-call]
     return fig
+
+
+def _draw_kept(canvas: _Canvas, fig: Figure) -> None:
+    """Draw the kept figure by blitting (matplotlib's way to animate fast): what stays
+    the same while the lanes do (the background, the lane names, the timeline's title
+    and legend) is drawn once and kept as pixels; each run restores those pixels and
+    draws the rest on top, in the order a full draw takes. They do not overlap, so the
+    picture is the one a full draw makes (a test compares them).
+    """
+    timeline, ledger = fig.axes
+    still = (timeline.yaxis, timeline.title, timeline._left_title,  # type: ignore[attr-defined]
+             timeline._right_title, timeline.legend_, timeline.patch,  # type: ignore[attr-defined]
+             *timeline.spines.values(), timeline.xaxis)
+    moving = [a for a in timeline.get_children() if not any(a is b for b in still)]
+    title = fig._suptitle  # type: ignore[attr-defined]
+    legend = timeline.get_legend()
+    key = (fig, fig.dpi, tuple(t.get_text() for t in legend.get_texts()) if legend else ())
+    for artist in (*moving, ledger, title):
+        artist.set_animated(True)  # a draw of the figure leaves these out
+    try:
+        if canvas.background is not None and canvas.background[0] == key:
+            canvas.restore_region(canvas.background[1])  # type: ignore[no-untyped-call]
+        else:
+            canvas.draw()  # type: ignore[no-untyped-call]
+            canvas.background = (key, canvas.copy_from_bbox(fig.bbox))  # type: ignore[no-untyped-call]
+        renderer = canvas.get_renderer()
+        for artist in (*sorted(moving, key=lambda a: a.get_zorder()), ledger, title):
+            artist.draw(renderer)
+    finally:
+        for artist in (*moving, ledger, title):
+            artist.set_animated(False)
 
 
 def _lane_names(run: Run) -> tuple[str, ...]:
