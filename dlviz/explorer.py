@@ -401,20 +401,29 @@ def draw_run(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None, *,
 
 def _draw_kept(canvas: _Canvas, fig: Figure) -> None:
     """Draw the kept figure by blitting (matplotlib's way to animate fast): what stays
-    the same while the lanes do (the background, the lane names, the timeline's title
-    and legend) is drawn once and kept as pixels; each run restores those pixels and
-    draws the rest on top, in the order a full draw takes. They do not overlap, so the
-    picture is the one a full draw makes (a test compares them).
+    the same while the lanes do (the background, the lane names, the titles, the
+    timeline's legend) is drawn once and kept as pixels; each run restores those pixels
+    and draws the rest on top, in the order a full draw takes. They do not overlap, so
+    the picture is the one a full draw makes (a test compares them). The kept pixels
+    are drawn again when what they show changes.
     """
     timeline, ledger = fig.axes
-    still = (timeline.yaxis, timeline.title, timeline._left_title,  # type: ignore[attr-defined]
-             timeline._right_title, timeline.legend_, timeline.patch,  # type: ignore[attr-defined]
-             *timeline.spines.values(), timeline.xaxis)
-    moving = [a for a in timeline.get_children() if not any(a is b for b in still)]
+    panel = timeline.child_axes[0]
+    still: dict[Any, tuple[Any, ...]] = {  # per Axes: the parts kept as pixels
+        timeline: (timeline.yaxis, timeline.xaxis, *timeline.spines.values(),
+                   timeline.legend_, *_backdrop(timeline)),
+        panel: _backdrop(panel),  # tick marks touch the data at the edges: they move
+        ledger: _backdrop(ledger),
+    }
+    moving = {ax: sorted((a for a in ax.get_children() if a is not panel
+                          and not any(a is b for b in parts)), key=lambda a: a.get_zorder())
+              for ax, parts in still.items()}
     title = fig._suptitle  # type: ignore[attr-defined]
     legend = timeline.get_legend()
-    key = (fig, fig.dpi, tuple(t.get_text() for t in legend.get_texts()) if legend else ())
-    for artist in (*moving, ledger, title):
+    key = (fig, fig.dpi, tuple(t.get_text() for t in legend.get_texts()) if legend else (),
+           ledger.get_title(loc="left"))
+    drawn = [*(a for artists in moving.values() for a in artists), title]
+    for artist in drawn:
         artist.set_animated(True)  # a draw of the figure leaves these out
     try:
         if canvas.background is not None and canvas.background[0] == key:
@@ -423,11 +432,16 @@ def _draw_kept(canvas: _Canvas, fig: Figure) -> None:
             canvas.draw()  # type: ignore[no-untyped-call]
             canvas.background = (key, canvas.copy_from_bbox(fig.bbox))  # type: ignore[no-untyped-call]
         renderer = canvas.get_renderer()
-        for artist in (*sorted(moving, key=lambda a: a.get_zorder()), ledger, title):
+        for artist in drawn:
             artist.draw(renderer)
     finally:
-        for artist in (*moving, ledger, title):
+        for artist in drawn:
             artist.set_animated(False)
+
+
+def _backdrop(ax: Any) -> tuple[Any, ...]:
+    """An Axes' background and titles: kept as pixels by :func:`_draw_kept`."""
+    return ax.patch, ax.title, ax._left_title, ax._right_title
 
 
 def _lane_names(run: Run) -> tuple[str, ...]:
