@@ -16,7 +16,8 @@ has one ("tweak, twiddle, and frob"); lesson 0 shows how to use it.
 - The picture is drawn for speed (issue 15; ``benchmarks/explorer.py`` times each
   step): ``plot_run`` without its counts row (the counts are shown once, above it),
   drawn on one kept canvas whose text cache blits each line of text at once, on the
-  kept figure while the lanes stay the same, encoded as a fast-zlib PNG written directly.
+  kept figure while the lanes stay the same (what does not change kept as pixels:
+  blitting), encoded as a fast-zlib PNG written directly.
 - With ``persistent_workers`` on, the workers are kept while only the loop
   settings (``on_error``, ``max_batches``, ``step_ms``) change, as a training
   script keeps them from epoch to epoch; ``widget.close()`` stops them.
