@@ -30,7 +30,8 @@ Separate ``render:`` rows time the drawing of one run in the ways the explorer c
 draw it, interleaved, in this thread's CPU time (steadier than wall time on a shared
 machine): before issue 15 (``plot_run`` with its counts row, ``savefig``), and now
 (no counts row, drawn on the explorer's canvas, whose text cache draws each line of
-text in one blit), with the text cache alone left out.
+text in one blit, the kept figure drawn by blitting: what stays the same kept as
+pixels), with the text cache, the kept figure or the blitting left out.
 
 The ``CPU pressure`` column is Linux PSI "some" while the case ran: the share of the
 time some task waited for a CPU (other jobs on the machine raise it).
@@ -240,6 +241,7 @@ def _render_rows(run: Run, reps: int) -> list[dict[str, Any]]:
     shared = FigureCanvasAgg(plot_run(run))
     cached = explorer_module._Canvas()
     fresh = explorer_module._Canvas()
+    blitless = explorer_module._Canvas()
     plain_canvas = FigureCanvasAgg(plot_run(run))
 
     def before() -> None:  # what the explorer did before issue 15
@@ -249,10 +251,12 @@ def _render_rows(run: Run, reps: int) -> list[dict[str, Any]]:
         fig.savefig(io.BytesIO(), format="png", dpi=80, pil_kwargs={"compress_level": 1})
         fig.clear()
 
-    def now(canvas: Any, keep: bool = True) -> Callable[[], None]:
+    def now(canvas: Any, keep: bool = True, blit: bool = True) -> Callable[[], None]:
         def once() -> None:
             if not keep:
                 canvas.kept = None
+            if not blit and hasattr(canvas, "background"):
+                canvas.background = None  # the kept pixels drawn again: a full draw
             explorer_module.render_png(run, canvas=canvas)
         return once
 
@@ -260,8 +264,10 @@ def _render_rows(run: Run, reps: int) -> list[dict[str, Any]]:
         "before: plot_run + counts, savefig": ("what the explorer did", before),
         "no counts row, new figure, text per glyph": ("Agg's own text", now(plain_canvas)),
         "no counts row, new figure, text cache": ("figure not kept", now(fresh, False)),
-        "now: no counts row, kept figure, text cache": ("what the explorer does",
-                                                        now(cached)),
+        "no counts row, kept figure, text cache, no blitting": ("all drawn each time",
+                                                                 now(blitless, blit=False)),
+        "now: no counts row, kept figure, text cache, blitting": ("what the explorer does",
+                                                                  now(cached)),
     }
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _, work in variants.values():

@@ -16,7 +16,8 @@ has one ("tweak, twiddle, and frob"); lesson 0 shows how to use it.
 - The picture is drawn for speed (issue 15; ``benchmarks/explorer.py`` times each
   step): ``plot_run`` without its counts row (the counts are shown once, above it),
   drawn on one kept canvas whose text cache blits each line of text at once, on the
-  kept figure while the lanes stay the same, encoded as a fast-zlib RGB PNG.
+  kept figure while the lanes stay the same (what does not change kept as pixels:
+  blitting), encoded as a fast-zlib PNG written directly.
 - With ``persistent_workers`` on, the workers are kept while only the loop
   settings (``on_error``, ``max_batches``, ``step_ms``) change, as a training
   script keeps them from epoch to epoch; ``widget.close()`` stops them.
@@ -27,10 +28,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
-import io
 import multiprocessing
 import os
+import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import import_module
@@ -41,9 +43,8 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hinting_flag
 from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
+from matplotlib.font_manager import FontProperties, fontManager, get_font
 from matplotlib.ft2font import FT2Font
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from dlviz import _check
@@ -61,7 +62,7 @@ DPI = 80
 """Resolution of the explorer's image (plot_run's figure is 12 inches wide: 960 px)."""
 PNG_COMPRESSION = 1
 """zlib level for the image: 1 encodes in about 60% of the time of the default 6, and
-the flat colours of a plot compress almost as well (63 KB against 61 KB)."""
+the flat colours of a plot compress almost as well (about 50 KB)."""
 PERSISTENT_PASSES = 4
 """Passes a set of persistent workers is kept for: their Traced keeps every pass's notes,
 so the fifth re-run starts fresh workers rather than let those pile up."""
@@ -242,6 +243,8 @@ class _TextCache:
 
     def __init__(self) -> None:
         self.lines: dict[tuple[Any, ...], tuple[np.ndarray, int, int] | None] = {}
+        self.heights: dict[tuple[Any, ...], tuple[float | None, float | None,
+                                                  float | None]] = {}
 
     def get(self, renderer: RendererAgg, s: str, prop: FontProperties, mtext: Any
             ) -> tuple[np.ndarray, int, int] | None:
@@ -289,12 +292,43 @@ class _TextCache:
         return image, left, top
 
 
+def _height_metrics(prop: FontProperties, dpi: float
+                    ) -> tuple[float | None, float | None, float | None]:
+    """What matplotlib's ``Text._get_layout`` reads from the font's tables: ascent,
+    descent and line gap in pixels (Nones: it measures the text instead)."""
+    font = get_font(fontManager._find_fonts_by_props(prop))
+    head = font.get_sfnt_table("head")
+    if head is None:
+        return None, None, None
+    scale = 1 / head["unitsPerEm"] * prop.get_size_in_points() * dpi / 72  # as matplotlib
+    os2, hhea = font.get_sfnt_table("OS/2"), font.get_sfnt_table("hhea")
+    if os2 is not None:
+        return (os2["sTypoAscender"] * scale, -os2["sTypoDescender"] * scale,
+                os2["sTypoLineGap"] * scale)
+    if hhea is not None:
+        return hhea["ascent"] * scale, -hhea["descent"] * scale, hhea["lineGap"] * scale
+    return None, None, None
+
+
 class _CachedTextRenderer(RendererAgg):
     """An Agg renderer that draws plain, unrotated text from a :class:`_TextCache`."""
 
     def __init__(self, width: float, height: float, dpi: float, cache: _TextCache) -> None:
         super().__init__(width, height, dpi)  # type: ignore[no-untyped-call]
         self._cache = cache
+
+    def _get_font_height_metrics(self, prop: FontProperties
+                                 ) -> tuple[float | None, float | None, float | None]:
+        """A font's ascent, descent and line gap at this size, read once per font: the
+        hook matplotlib 3.11+ asks a renderer for them before it reads the font's tables
+        itself, for every text it measures (the same numbers, a tenth of drawing)."""
+        key = (tuple(prop.get_family()), prop.get_style(), prop.get_variant(),
+               prop.get_weight(), prop.get_stretch(), prop.get_size_in_points(),
+               prop.get_file(), self.dpi)
+        metrics = self._cache.heights.get(key)
+        if metrics is None:
+            metrics = self._cache.heights[key] = _height_metrics(prop, self.dpi)
+        return metrics
 
     def draw_text(self, gc: Any, x: float, y: float, s: str, prop: FontProperties,
                   angle: float, ismath: Any = False, mtext: Any = None) -> None:
@@ -326,6 +360,7 @@ class _Canvas(FigureCanvasAgg):
         self.texts = _TextCache()
         self._renderers: dict[tuple[Any, ...], _CachedTextRenderer] = {}
         self.kept: tuple[tuple[str, ...], Figure] | None = None  # (its lanes, the figure)
+        self.background: tuple[tuple[Any, ...], Any] | None = None  # see _draw_kept
 
     def get_renderer(self) -> RendererAgg:
         w, h = self.get_width_height(physical=True)
@@ -362,8 +397,56 @@ def draw_run(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None, *,
     else:
         canvas.figure = fig
         fig.set_canvas(canvas)
-    canvas.draw()  # type: ignore[no-untyped-call]
+    if isinstance(canvas, _Canvas) and canvas.kept is not None and canvas.kept[1] is fig:
+        _draw_kept(canvas, fig)
+    else:
+        canvas.draw()  # type: ignore[no-untyped-call]
     return fig
+
+
+def _draw_kept(canvas: _Canvas, fig: Figure) -> None:
+    """Draw the kept figure by blitting (matplotlib's way to animate fast): what stays
+    the same while the lanes do (the background, the lane names, the titles, the
+    timeline's legend) is drawn once and kept as pixels; each run restores those pixels
+    and draws the rest on top, in the order a full draw takes. They do not overlap, so
+    the picture is the one a full draw makes (a test compares them). The kept pixels
+    are drawn again when what they show changes.
+    """
+    timeline, ledger = fig.axes
+    panel = timeline.child_axes[0]
+    still: dict[Any, tuple[Any, ...]] = {  # per Axes: the parts kept as pixels
+        timeline: (timeline.yaxis, timeline.xaxis, *timeline.spines.values(),
+                   timeline.legend_, *_backdrop(timeline)),
+        panel: _backdrop(panel),  # tick marks touch the data at the edges: they move
+        ledger: _backdrop(ledger),
+    }
+    moving = {ax: sorted((a for a in ax.get_children() if a is not panel
+                          and not any(a is b for b in parts)), key=lambda a: a.get_zorder())
+              for ax, parts in still.items()}
+    title = fig._suptitle  # type: ignore[attr-defined]
+    legend = timeline.get_legend()
+    key = (fig, fig.dpi, tuple(t.get_text() for t in legend.get_texts()) if legend else (),
+           ledger.get_title(loc="left"))
+    drawn = [*(a for artists in moving.values() for a in artists), title]
+    for artist in drawn:
+        artist.set_animated(True)  # a draw of the figure leaves these out
+    try:
+        if canvas.background is not None and canvas.background[0] == key:
+            canvas.restore_region(canvas.background[1])  # type: ignore[no-untyped-call]
+        else:
+            canvas.draw()  # type: ignore[no-untyped-call]
+            canvas.background = (key, canvas.copy_from_bbox(fig.bbox))  # type: ignore[no-untyped-call]
+        renderer = canvas.get_renderer()
+        for artist in drawn:
+            artist.draw(renderer)
+    finally:
+        for artist in drawn:
+            artist.set_animated(False)
+
+
+def _backdrop(ax: Any) -> tuple[Any, ...]:
+    """An Axes' background and titles: kept as pixels by :func:`_draw_kept`."""
+    return ax.patch, ax.title, ax._left_title, ax._right_title
 
 
 def _lane_names(run: Run) -> tuple[str, ...]:
@@ -379,22 +462,19 @@ def _redraw(run: Run, canvas: _Canvas) -> Figure | None:
     None. The timeline's and the ledger's Axes are emptied, not cleared: an Axes made
     or cleared builds its ticks again, most of what building ``plot_run`` costs; emptied,
     it keeps them and :func:`plot_timeline` and :func:`plot_ledger` draw on it again
-    (the outstanding-batches panel is made anew by plot_timeline)."""
+    (plot_timeline draws on the emptied outstanding-batches panel it finds there; a
+    legend whose labels are the same is kept)."""
     if canvas.kept is None or canvas.kept[0] != _lane_names(run):
         return None
     fig = canvas.kept[1]
     if len(fig.axes) != 2 or getattr(fig, "_suptitle", None) is None:  # cleared since
         return None
     timeline, ledger = fig.axes
-    for ax in (timeline, ledger):
-        for child in list(ax.child_axes):
-            child.remove()
+    for ax in (timeline, ledger, *timeline.child_axes):  # the panel is emptied too
         for artists in (ax.collections, ax.images, ax.lines, ax.patches, ax.texts,
                         ax.artists, ax.tables):
             for artist in list(artists):
                 artist.remove()
-        if ax.legend_ is not None:
-            ax.legend_.remove()
         ax.ignore_existing_data_limits = True  # limits from this run's data only
     plot_timeline(run, timeline)
     plot_ledger(run, ledger)
@@ -406,16 +486,30 @@ def _redraw(run: Run, canvas: _Canvas) -> Figure | None:
 
 
 def encode_png(fig: Figure) -> bytes:
-    """The figure's canvas as drawn by :func:`draw_run`, as PNG bytes (RGB: nothing in
-    it is transparent; zlib level :data:`PNG_COMPRESSION`)."""
+    """The figure's canvas as drawn by :func:`draw_run`, as PNG bytes.
+
+    Written directly (a PNG is a header, the zlib-compressed rows, each after a byte
+    naming its filter, and an end mark): the canvas's RGBA rows as they are, filter
+    "none", zlib level :data:`PNG_COMPRESSION`. A plot's flat colours compress well
+    without filters, and skipping PIL's copy to RGB and its per-row filter search
+    takes a third of the time (``benchmarks/explorer.py``, ``encode``).
+    """
     canvas = fig.canvas
     assert isinstance(canvas, FigureCanvasAgg)
-    width, height = canvas.get_width_height(physical=True)
-    image = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(),  # type: ignore[no-untyped-call]
-                             "raw", "RGBA", 0, 1)
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="png", compress_level=PNG_COMPRESSION)
-    return buffer.getvalue()
+    pixels = np.asarray(canvas.buffer_rgba())  # type: ignore[no-untyped-call]
+    height, width = pixels.shape[:2]
+    rows = np.zeros((height, 1 + 4 * width), dtype=np.uint8)  # filter byte 0: none
+    rows[:, 1:] = pixels.reshape(height, 4 * width)
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA
+    return b"".join((b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", header),
+                     _png_chunk(b"IDAT", zlib.compress(rows.data, PNG_COMPRESSION)),
+                     _png_chunk(b"IEND", b"")))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, kind, data, CRC-32 of kind and data."""
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data)))
 
 
 def render_png(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None, *,

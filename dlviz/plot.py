@@ -226,9 +226,10 @@ def plot_timeline(run: Run, ax: Axes | None = None) -> Axes:
     ax.tick_params(axis="y", length=0)
     ax.xaxis.set_visible(False)  # the time axis is drawn under the panel below
     ax.spines[:].set_visible(False)
-    ax.set_title("Timeline: who fetched what, and when", loc="left", fontsize=11)
-    ax.legend(list(legend.values()), list(legend), loc="upper left", bbox_to_anchor=(1.01, 1),
-              handler_map={tuple: HandlerTuple(ndivide=None, pad=0)}, **_LEGEND)
+    # y given: matplotlib need not look for tick labels above the Axes (there are none)
+    ax.set_title("Timeline: who fetched what, and when", loc="left", fontsize=11, y=1.0)
+    _legend(ax, list(legend.values()), list(legend), loc="upper left",
+            bbox_to_anchor=(1.01, 1), handler_map={tuple: HandlerTuple(ndivide=None, pad=0)})
     missing = [n for n in run.notes if "filled up" in n]
     if missing:  # a limit was reached: say so on the picture, not only in run.notes
         ax.text(1.0, 1.0, "incomplete: " + "; ".join(missing), transform=ax.transAxes,
@@ -295,6 +296,17 @@ def _density(ax: Axes, start: Any, stop: Any, y: float, color: str, gid: str,
     image = ax.imshow(rgba, extent=(edges[0], edges[-1], y + _H / 2, y - _H / 2),
                       aspect="auto", interpolation="nearest", zorder=2, gid=f"density:{gid}")
     return image
+
+
+def _legend(ax: Axes, handles: Sequence[Any], labels: Sequence[str], **kw: Any) -> None:
+    """``ax.legend(handles, labels, **kw)`` in this module's style, unless ``ax`` shows a
+    legend of these very labels already: here a label always comes with the same
+    handle, so it would look the same (the explorer draws each run on the Axes of the
+    last one, and making a legend is a good part of its drawing time)."""
+    old = ax.get_legend()
+    if old is not None and [t.get_text() for t in old.get_texts()] == list(labels):
+        return
+    ax.legend(list(handles), list(labels), **{**kw, **_LEGEND})
 
 
 def _key(marker: str, color: str, ls: str = "", **kw: Any) -> Line2D:
@@ -464,10 +476,20 @@ def _errors(ax: Axes, run: Run, batches: Sequence[BatchInfo], y: dict[Lane, floa
 
 
 def _window(ax: Axes, run: Run, end_ms: float) -> Axes:
-    """The thin panel under the lanes: outstanding batches vs the prefetch ceiling."""
-    height_in = ax.bbox.height / ax.figure.dpi
-    frac = 0.62 / max(height_in, 0.5)
-    panel = ax.inset_axes((0, -frac - 0.12 / max(height_in, 0.5), 1, frac), sharex=ax)
+    """The thin panel under the lanes: outstanding batches vs the prefetch ceiling.
+
+    An empty panel already under ``ax`` is drawn on (the explorer empties and reuses
+    it: making an Axes builds its ticks, a good part of the drawing time)."""
+    panels = [child for child in ax.child_axes if isinstance(child, Axes)
+              and child.get_label() == "outstanding_panel" and not child.has_data()
+              and not child.texts]
+    if panels:
+        panel = panels[0]
+    else:
+        height_in = ax.bbox.height / ax.figure.dpi
+        frac = 0.62 / max(height_in, 0.5)
+        panel = ax.inset_axes((0, -frac - 0.12 / max(height_in, 0.5), 1, frac), sharex=ax,
+                              label="outstanding_panel")
     times, levels = run.outstanding_steps()
     last = int(levels[-1]) if len(levels) else 0
     t = _ms(np.concatenate([[0], times, [run.duration]]))
@@ -547,12 +569,12 @@ def plot_ledger(run: Run, ax: Axes | None = None, *, columns: int | None = None)
     unit = "key" if run.keys is not None else "index"
     ax.set_xlabel(f"{unit} = row start + column", fontsize=8)
     counts = np.bincount(codes, minlength=len(_LEDGER))
-    handles = [Patch(color=FATE_COLORS[f], label=f"{_LEDGER_LABELS.get(f, f)}: {counts[i]}")
-               for i, f in enumerate(_LEDGER) if counts[i]]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1),
-              ncols=1 if len(handles) <= 5 else 2, **_LEGEND)
+    shown = [(f, f"{_LEDGER_LABELS.get(f, f)}: {counts[i]}") for i, f in enumerate(_LEDGER)
+             if counts[i]]
+    _legend(ax, [Patch(color=FATE_COLORS[f]) for f, _ in shown], [label for _, label in shown],
+            loc="upper left", bbox_to_anchor=(1.01, 1), ncols=1 if len(shown) <= 5 else 2)
     what = "stream key" if run.keys is not None else "dataset index"
-    ax.set_title(f"Ledger: the fate of every {what} ({n})", loc="left", fontsize=11)
+    ax.set_title(f"Ledger: the fate of every {what} ({n})", loc="left", fontsize=11, y=1.0)
     return ax
 
 
