@@ -109,9 +109,8 @@ class EpochBox:
     epoch: _Epoch
 
 
-class TracedLoader(DataLoader[Any]):
-    """A DataLoader whose batches come from dlviz's drawer (``recorder._BatchDrawer``)
-    and whose iterator reports dispatches, arrivals and deliveries."""
+class _DrawnBatches:
+    """A loader whose batches come from dlviz's drawer (``recorder._BatchDrawer``)."""
 
     dlviz_box: EpochBox
     dlviz_drawer: _BatchDrawer
@@ -119,6 +118,11 @@ class TracedLoader(DataLoader[Any]):
     @property
     def _index_sampler(self) -> Any:
         return self.dlviz_drawer
+
+
+class TracedLoader(_DrawnBatches, DataLoader[Any]):
+    """A DataLoader whose batches come from dlviz's drawer and whose iterator reports
+    dispatches, arrivals and deliveries."""
 
     def _get_iterator(self) -> Any:
         if self.num_workers == 0:
@@ -294,16 +298,10 @@ def traced_stateful_loader() -> Any:
     class _TracedStatefulWorkersIter(_WorkerHooks, workers_iter):  # type: ignore[misc]
         _dlviz_with_state = True
 
-    class TracedStatefulLoader(StatefulDataLoader):  # type: ignore[misc]
+    class TracedStatefulLoader(_DrawnBatches, StatefulDataLoader):  # type: ignore[misc]
         """A StatefulDataLoader whose batches come from dlviz's drawer."""
 
-        dlviz_box: EpochBox
-        dlviz_drawer: _BatchDrawer
         next_iter_state: Any  # a state_dict() to resume from, set by load_state_dict()
-
-        @property
-        def _index_sampler(self) -> Any:
-            return self.dlviz_drawer
 
         def _get_iterator(self) -> Any:
             if self.num_workers == 0:
@@ -314,8 +312,6 @@ def traced_stateful_loader() -> Any:
 
     _stateful_classes["loader"] = TracedStatefulLoader
     return TracedStatefulLoader
-
-
 
 
 def pending_tasks(it: Any, worker: int) -> list[int]:
