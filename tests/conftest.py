@@ -35,11 +35,3 @@ def sigint_raises() -> Iterator[None]:
     started in the background with SIGINT ignored (see ``helpers.python_sigint``)."""
     with python_sigint():
         yield
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests (notebooks, soaks, the browser) first, in their usual order: with
-    ``-n 2`` the two processes then share the long ones from the start, instead of one of
-    them finishing a long test alone at the end (``./dev test`` stays within 12 minutes
-    on a 2-core machine, issue 16)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
