@@ -161,18 +161,14 @@ class _BatchDrawer:
             yield batch
 
 
-class _StatefulBatchDrawer(_BatchDrawer):
+class _StatefulBatchDrawer(state.PassesState, _BatchDrawer):
     """The drawer of a StatefulDataLoader whose batch sampler has a state of its own."""
+
+    state_of = "index_sampler"
 
     def __init__(self, loader: DataLoader[Any], box: torch_hooks.EpochBox) -> None:
         super().__init__(loader, box, stateful=True)
         self.index_sampler = loader._index_sampler
-
-    def state_dict(self) -> Any:
-        return self.index_sampler.state_dict()
-
-    def load_state_dict(self, state_dict: Any) -> None:
-        self.index_sampler.load_state_dict(state_dict)
 
 
 # ---------------------------------------------------------------- worker side
@@ -450,7 +446,7 @@ class Traced:
         self.passes_let_go = 0  # passes older than the last ``keep``, no longer held
         if hasattr(loader, "dlviz_box"):
             raise ValueError("loader is already traced; pass the original DataLoader")
-        self.stateful = torch_hooks.is_stateful(loader)
+        self.stateful = torch_hooks.is_stateful_loader(loader)
         _check_faithful(loader, self.stateful)
         dataset = loader.dataset
         self.iterable = isinstance(dataset, IterableDataset)

@@ -42,6 +42,20 @@ def is_stateful(part: Any) -> bool:
         getattr(part, "load_state_dict", None))
 
 
+class PassesState:
+    """Answers ``state_dict()`` and ``load_state_dict()`` with those of the part it wraps,
+    the attribute named by ``state_of``: torchdata saves and restores that part's state
+    through the wrapper, unchanged."""
+
+    state_of = "inner"
+
+    def state_dict(self) -> Any:
+        return getattr(self, self.state_of).state_dict()
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        getattr(self, self.state_of).load_state_dict(state_dict)
+
+
 class Watched:
     """Your sampler, noting every index it yields in ``drawn``.
 
@@ -62,12 +76,8 @@ class Watched:
         return kind(inner, self.drawn)
 
 
-class StatefulWatched(Watched):
-    def state_dict(self) -> Any:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: Any) -> None:
-        self.sampler.load_state_dict(state)
+class StatefulWatched(PassesState, Watched):
+    state_of = "sampler"
 
 
 def watched(sampler: Any, drawn: list[Any]) -> Watched:
@@ -89,17 +99,11 @@ class Watching:
         return index
 
 
-class StatefulWatching(Watching):
-    inner: Any
-
-    def state_dict(self) -> Any:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: Any) -> None:
-        self.inner.load_state_dict(state)
+class StatefulWatching(PassesState, Watching):
+    pass
 
 
-class StatefulDraws:
+class StatefulDraws(PassesState):
     """The drawer's batches for one pass, with the state of the iterator they come from.
 
     ``inner`` is the iterator of your batch sampler (or sampler): its state is the
@@ -117,11 +121,8 @@ class StatefulDraws:
     def __next__(self) -> Any:
         return next(self.draws)
 
-    def state_dict(self) -> Any:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: Any) -> None:
-        self.inner.load_state_dict(state)
+    def load_state_dict(self, state_dict: Any) -> None:
+        super().load_state_dict(state_dict)
         self.drawn.clear()
 
 

@@ -271,7 +271,7 @@ _STATEFUL_NAMES = ("_get_iterator", "state_dict", "load_state_dict")
 _stateful_classes: dict[str, Any] = {}
 
 
-def is_stateful(loader: Any) -> bool:
+def is_stateful_loader(loader: Any) -> bool:
     """Whether ``loader`` is a torchdata ``StatefulDataLoader`` (torchdata already imported:
     a loader of that type exists only if it is)."""
     module = sys.modules.get("torchdata.stateful_dataloader")

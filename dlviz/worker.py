@@ -118,15 +118,9 @@ class TracedMapDataset(Dataset[Any]):
         return out
 
 
-class StatefulTracedMapDataset(TracedMapDataset):
+class StatefulTracedMapDataset(state.PassesState, TracedMapDataset):
     """A stateful dataset's wrapper: torchdata saves and restores your dataset's state
     through it, unchanged (:mod:`dlviz.state`, lesson 09)."""
-
-    def state_dict(self) -> Any:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state_dict: Any) -> None:
-        self.inner.load_state_dict(state_dict)
 
 
 class TracedStream(IterableDataset[Any]):
@@ -181,22 +175,12 @@ class KeyedIterator:
         return item
 
 
-class StatefulTracedStream(TracedStream):
+class StatefulTracedStream(state.PassesState, TracedStream):
     """A stateful stream's wrapper: its state passes through unchanged (lesson 09)."""
 
-    def state_dict(self) -> Any:
-        return self.inner.state_dict()
 
-    def load_state_dict(self, state_dict: Any) -> None:
-        self.inner.load_state_dict(state_dict)
-
-
-class StatefulKeyedIterator(KeyedIterator):
-    def state_dict(self) -> Any:
-        return self.inner.state_dict()  # type: ignore[attr-defined]
-
-    def load_state_dict(self, state_dict: Any) -> None:
-        self.inner.load_state_dict(state_dict)  # type: ignore[attr-defined]
+class StatefulKeyedIterator(state.PassesState, KeyedIterator):
+    """A stateful iterator's wrapper: its state passes through unchanged."""
 
 
 class TracedCollate:

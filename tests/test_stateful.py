@@ -16,7 +16,7 @@ import torch
 from helpers import check_ledger_adds_up, live_processes, processes_left
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch.utils.data import BatchSampler, Dataset, RandomSampler
+from torch.utils.data import BatchSampler, Dataset, IterableDataset, RandomSampler
 
 import dlviz
 from dlviz.datasets import SyntheticDataset
@@ -216,6 +216,51 @@ def test_a_datasets_own_state_passes_through(num_workers: int) -> None:
             source.close()
     assert same_state(states[1], states[0])
     assert "'fetched': 12" in str(states[1])
+
+
+class Counter:
+    """A stream's iterator with a state of its own: where it is."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.at = n, 0
+
+    def __iter__(self) -> Counter:
+        return self
+
+    def __next__(self) -> int:
+        if self.at == self.n:
+            raise StopIteration
+        self.at += 1
+        return self.at - 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"at": self.at}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.at = state["at"]
+
+
+class CountingStream(IterableDataset[int]):
+    def __iter__(self) -> Counter:
+        return Counter(30)
+
+
+def test_a_streams_iterator_state_passes_through() -> None:
+    """An IterableDataset whose iterator keeps its place: the traced stream's state is
+    torchdata's, and the resumed pass goes on from it, as untraced."""
+    outcome = []
+    for wrap in (False, True):
+        loader = StatefulDataLoader(CountingStream(), batch_size=4)
+        source = dlviz.trace(loader, key=int, expected=range(30)) if wrap else loader
+        before, state = until(source, 2)
+        resumed = StatefulDataLoader(CountingStream(), batch_size=4)
+        resumed.load_state_dict(state)
+        again = dlviz.trace(resumed, key=int, expected=range(30)) if wrap else resumed
+        outcome.append((before, [i for batch in again for i in indices(batch)], state))
+    assert outcome[1][:2] == outcome[0][:2] == (list(range(8)), list(range(8, 30)))
+    assert same_state(outcome[1][2], outcome[0][2])
+    assert "'at': 8" in str(outcome[1][2])
+    assert again.run.delivered() == list(range(8, 30))
 
 
 def test_a_loader_that_changes_how_it_iterates_is_refused() -> None:
