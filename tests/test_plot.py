@@ -262,6 +262,19 @@ def test_batch_numbers_are_written_where_they_fit() -> None:
     assert sorted(numbers, key=int) == [str(b) for b in range(8)]
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_batch_numbers_do_not_depend_on_the_dpi(name: str) -> None:
+    """Which numbers fit is measured in points: the explorer's picture (dpi 80) and
+    plot_run's (dpi 100) of one run label the same batches (a bug found in issue 15)."""
+    run = load(name)
+    labelled = []
+    for dpi in (60, 80, 100, 150):
+        fig = Figure(figsize=(12, 4), dpi=dpi)
+        ax = dlviz.plot_timeline(run, fig.add_axes((0.1, 0.35, 0.65, 0.55)))
+        labelled.append(sorted(texts(ax, "batch_number"), key=int))
+    assert all(numbers == labelled[2] for numbers in labelled), labelled
+
+
 def test_ranges() -> None:
     assert plot._ranges([992, 993, 994, 995, 996]) == "992-996"
     assert plot._ranges([7, 1, 2, 3, 9, 10]) == "1-3, 7, 9-10"
