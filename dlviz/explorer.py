@@ -45,12 +45,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hi
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties, fontManager, get_font
 from matplotlib.ft2font import FT2Font
+from matplotlib.transforms import Bbox
 from torch.utils.data import DataLoader
 
 from dlviz import _check
 from dlviz.datasets import SyntheticDataset, collate_skip_none
 from dlviz.ledger import FATE_COLORS
-from dlviz.plot import _describe, _lane_name, _lanes, plot_ledger, plot_run, plot_timeline
+from dlviz.plot import (
+    _describe,
+    _lane_name,
+    _lanes,
+    _ledger_codes,
+    plot_ledger,
+    plot_run,
+    plot_timeline,
+)
 from dlviz.recorder import Traced, play
 from dlviz.run import Run, merge_runs
 
@@ -63,6 +72,9 @@ DPI = 80
 PNG_COMPRESSION = 1
 """zlib level for the image: 1 encodes in about 60% of the time of the default 6, and
 the flat colours of a plot compress almost as well (about 50 KB)."""
+ANNOUNCE_AFTER_S = 0.25
+"""A pass that takes longer than this is announced ("running a real DataLoader…"); a
+quicker one only shows its result (issue 15: the page does no work during the pass)."""
 PERSISTENT_PASSES = 4
 """Passes a set of persistent workers is kept for: their Traced keeps every pass's notes,
 so the fifth re-run starts fresh workers rather than let those pile up."""
@@ -361,6 +373,8 @@ class _Canvas(FigureCanvasAgg):
         self._renderers: dict[tuple[Any, ...], _CachedTextRenderer] = {}
         self.kept: tuple[tuple[str, ...], Figure] | None = None  # (its lanes, the figure)
         self.background: tuple[tuple[Any, ...], Any] | None = None  # see _draw_kept
+        self.ledger_shows: tuple[Any, ...] | None = None  # the kept ledger's _ledger_key
+        self.ledger_pixels: tuple[tuple[Any, ...], Any] | None = None  # see _draw_kept
 
     def get_renderer(self) -> RendererAgg:
         w, h = self.get_width_height(physical=True)
@@ -391,6 +405,7 @@ def draw_run(run: Run, dpi: int = DPI, canvas: FigureCanvasAgg | None = None, *,
         fig = plot_run(run, counts=counts)
         if isinstance(canvas, _Canvas) and not counts:
             canvas.kept = (_lane_names(run), fig)
+            canvas.ledger_shows = _ledger_key(run)
     fig.set_dpi(dpi)
     if canvas is None:
         canvas = _Canvas(fig)
@@ -410,7 +425,9 @@ def _draw_kept(canvas: _Canvas, fig: Figure) -> None:
     timeline's legend) is drawn once and kept as pixels; each run restores those pixels
     and draws the rest on top, in the order a full draw takes. They do not overlap, so
     the picture is the one a full draw makes (a test compares them). The kept pixels
-    are drawn again when what they show changes.
+    are drawn again when what they show changes. The ledger, below everything else, is
+    kept as pixels too while its fates stay the same (a slider that changes the timing
+    but loses nothing): its band is restored instead of drawn.
     """
     timeline, ledger = fig.axes
     panel = timeline.child_axes[0]
@@ -427,8 +444,12 @@ def _draw_kept(canvas: _Canvas, fig: Figure) -> None:
     legend = timeline.get_legend()
     key = (fig, fig.dpi, tuple(t.get_text() for t in legend.get_texts()) if legend else (),
            ledger.get_title(loc="left"))
-    drawn = [*(a for artists in moving.values() for a in artists), title]
-    for artist in drawn:
+    animated = [*(a for artists in moving.values() for a in artists), title]
+    band_key = (key, canvas.ledger_shows)
+    band = Bbox.from_extents(0, 0, fig.bbox.x1, ledger.bbox.y1 + 2)  # the ledger and below
+    keep_band = canvas.ledger_pixels is not None and canvas.ledger_pixels[0] == band_key
+    drawn = [a for a in animated if not (keep_band and a in moving[ledger])]
+    for artist in animated:
         artist.set_animated(True)  # a draw of the figure leaves these out
     try:
         if canvas.background is not None and canvas.background[0] == key:
@@ -436,11 +457,18 @@ def _draw_kept(canvas: _Canvas, fig: Figure) -> None:
         else:
             canvas.draw()  # type: ignore[no-untyped-call]
             canvas.background = (key, canvas.copy_from_bbox(fig.bbox))  # type: ignore[no-untyped-call]
+        if keep_band:
+            assert canvas.ledger_pixels is not None
+            canvas.restore_region(canvas.ledger_pixels[1])  # type: ignore[no-untyped-call]
         renderer = canvas.get_renderer()
         for artist in drawn:
             artist.draw(renderer)
+        if not keep_band:  # keep the band if nothing but the ledger reaches into it
+            others = (timeline.get_tightbbox(renderer), title.get_window_extent(renderer))
+            clear = all(b is None or b.y0 > band.y1 for b in others)
+            canvas.ledger_pixels = (band_key, canvas.copy_from_bbox(band)) if clear else None  # type: ignore[no-untyped-call]
     finally:
-        for artist in drawn:
+        for artist in animated:
             artist.set_animated(False)
 
 
@@ -470,19 +498,30 @@ def _redraw(run: Run, canvas: _Canvas) -> Figure | None:
     if len(fig.axes) != 2 or getattr(fig, "_suptitle", None) is None:  # cleared since
         return None
     timeline, ledger = fig.axes
-    for ax in (timeline, ledger, *timeline.child_axes):  # the panel is emptied too
+    same_ledger = canvas.ledger_shows == _ledger_key(run)  # its artists can stay
+    emptied = (timeline, *timeline.child_axes) if same_ledger else (
+        timeline, ledger, *timeline.child_axes)  # the panel is emptied too
+    for ax in emptied:
         for artists in (ax.collections, ax.images, ax.lines, ax.patches, ax.texts,
                         ax.artists, ax.tables):
             for artist in list(artists):
                 artist.remove()
         ax.ignore_existing_data_limits = True  # limits from this run's data only
     plot_timeline(run, timeline)
-    plot_ledger(run, ledger)
+    if not same_ledger:
+        plot_ledger(run, ledger)
+        canvas.ledger_shows = _ledger_key(run)
     title = getattr(fig, "_suptitle", None)  # set by plot_run: its text only changes
     if title is None:
         return None
     title.set_text(_describe(run))
     return fig
+
+
+def _ledger_key(run: Run) -> tuple[Any, ...]:
+    """What :func:`plot_ledger` draws from: each index's fate (its counts, size and
+    layout follow from those) and whether they are stream keys."""
+    return _ledger_codes(run).tobytes(), run.keys is None
 
 
 def encode_png(fig: Figure) -> bytes:
@@ -675,9 +714,42 @@ class Explorer(widgets.VBox):
             self.wait()
 
     def _refresh(self, values: dict[str, Any], superseded: Callable[[], bool]) -> None:
-        """Record a pass with ``values`` and draw it (errors shown, never raised)."""
+        """Record a pass with ``values`` and draw it (errors shown, never raised).
+
+        "running a real DataLoader…" is shown only when the pass has taken
+        :data:`ANNOUNCE_AFTER_S` (a spawn start, a slow dataset): a quick pass changes
+        the page once, with its result, and the browser does no work while it runs."""
         self.passes += 1
+        announce = threading.Timer(ANNOUNCE_AFTER_S, self._announce)
+        announce.daemon = True
+        announce.start()
+        try:
+            run, runs, png, notes, error = self._record_and_draw(values, superseded)
+        finally:
+            announce.cancel()
+            announce.join()  # an announcement under way lands before the result
+        if superseded():
+            return
+        self.run = run
+        self.runs = runs
+        self.png = png
+        self.error = error if run is None else ""
+        self.figure.outputs = () if not png else (
+            {"output_type": "display_data", "metadata": {},
+             "data": {"image/png": base64.b64encode(png).decode(), "text/plain": repr(run)}},)
+        self.summary.value = _summary_html(run) if run is not None else ""
+        self.message.value = _message_html(notes, error, run, values["on_error"])
+        # the figure is not cleared: Figure.clear() rebuilds every Axes' ticks (about a
+        # tenth of the drawing time) only to throw them away; the garbage collector
+        # takes the figure's cycles instead (the leak test counts figures after a gc)
+
+    def _announce(self) -> None:
         self.message.value = "<i>running a real DataLoader…</i>"
+
+    def _record_and_draw(self, values: dict[str, Any], superseded: Callable[[], bool]
+                         ) -> tuple[Run | None, list[Run], bytes, list[str], str]:
+        """The pass (or lesson 9's job) and its picture: Run, the job's Runs, PNG,
+        notes on adjusted settings, and the error that stopped it ("" if none)."""
         notes: list[str] = []
         error = ""
         run = None
@@ -693,26 +765,13 @@ class Explorer(widgets.VBox):
         except Exception as exc:  # shown in the widget, never raised into the kernel
             run = getattr(exc, "dlviz_run", None)
             error = f"{type(exc).__name__}: {exc}"
-        if superseded():
-            return
         png = b""
-        if run is not None:
+        if run is not None and not superseded():
             try:
                 png = (_render_job(runs) if runs else render_png(run, canvas=self._canvas)[0])
             except Exception as exc:  # a drawing bug must not take the explorer down
                 error = f"could not draw the run: {type(exc).__name__}: {exc}"
-        self.run = run
-        self.runs = runs
-        self.png = png
-        self.error = error if run is None else ""
-        self.figure.outputs = () if not png else (
-            {"output_type": "display_data", "metadata": {},
-             "data": {"image/png": base64.b64encode(png).decode(), "text/plain": repr(run)}},)
-        self.summary.value = _summary_html(run) if run is not None else ""
-        self.message.value = _message_html(notes, error, run, values["on_error"])
-        # the figure is not cleared: Figure.clear() rebuilds every Axes' ticks (about a
-        # tenth of the drawing time) only to throw them away; the garbage collector
-        # takes the figure's cycles instead (the leak test counts figures after a gc)
+        return run, runs, png, notes, error
 
     def _record(self, loader: DataLoader[Any], values: dict[str, Any],
                 superseded: Callable[[], bool]) -> Run:

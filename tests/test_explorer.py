@@ -517,11 +517,12 @@ def test_the_kept_figure_draws_what_a_new_one_draws(make: Callable[..., Explorer
     """The explorer draws each run on its kept figure (issue 15): the picture must be
     the one a new figure gives, through faults, drops and lane changes; the counts are
     shown once, in the widget, not also in the picture."""
-    explorer = make()
+    explorer = make()  # the ledger is kept as pixels across the timing-only changes
     for change in ({"batch_size": 16}, {"fault": "exception", "fault_at": 20,
                                         "on_error": "continue"},
                    {"fault": "none", "drop_last": True, "n": 60}, {"num_workers": 3},
-                   {"num_workers": 2, "max_batches": 2}):
+                   {"num_workers": 2, "max_batches": 2}, {"max_batches": 0},
+                   {"batch_size": 20}, {"prefetch_factor": 4}):
         run = explorer.rerun(**change)
         fresh, figure = explorer_module.render_png(run)  # a canvas and figure of its own
         assert explorer.png == fresh, change
@@ -531,6 +532,23 @@ def test_the_kept_figure_draws_what_a_new_one_draws(make: Callable[..., Explorer
 
 # ---------------------------------------------------------------- superseding
 SLOW = {"n": 400, "batch_size": 8, "cost_ms": 2.0}  # ~0.4 s with 2 workers
+
+
+@pytest.mark.parametrize("announce_after_s", [0.0, 60.0], ids=["announced", "quiet"])
+def test_running_is_announced_only_after_a_while(make: Callable[..., Explorer],
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 announce_after_s: float) -> None:
+    """A pass longer than ANNOUNCE_AFTER_S shows "running…" before its result; a
+    quicker one changes the message once, with its result (issue 15)."""
+    explorer = make(controls=["batch_size"], **SLOW)
+    monkeypatch.setattr(explorer_module, "ANNOUNCE_AFTER_S", announce_after_s)
+    shown: list[str] = []
+    explorer.message.observe(lambda change: shown.append(change["new"]), names="value")
+    explorer.rerun(batch_size=5, fault="exception", fault_at=3, on_error="continue")
+    running = [m for m in shown if "running a real DataLoader" in m]
+    assert len(running) == (1 if announce_after_s == 0 else 0), shown
+    assert shown[-1] == explorer.message.value and "running" not in shown[-1]
+    assert "ValueError" in shown[-1]  # the result's message came last
 
 
 def test_a_newer_change_supersedes_the_running_pass(make: Callable[..., Explorer],
