@@ -463,9 +463,11 @@ def _draw_kept(canvas: _Canvas, fig: Figure) -> None:
         renderer = canvas.get_renderer()
         for artist in drawn:
             artist.draw(renderer)
-        if not keep_band:  # keep the band if nothing but the ledger reaches into it
+        if not keep_band:  # keep the band if it holds the ledger and nothing else
             others = (timeline.get_tightbbox(renderer), title.get_window_extent(renderer))
-            clear = all(b is None or b.y0 > band.y1 for b in others)
+            inside = (a.get_window_extent(renderer) for a in moving[ledger])
+            clear = (all(b is None or b.y0 > band.y1 for b in others)
+                     and all(b.y1 <= band.y1 for b in inside))
             canvas.ledger_pixels = (band_key, canvas.copy_from_bbox(band)) if clear else None  # type: ignore[no-untyped-call]
     finally:
         for artist in animated:
