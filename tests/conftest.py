@@ -18,13 +18,6 @@ from helpers import (  # noqa: F401  (re-exported for the tests that import them
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests marked slow (a minute or more each: lessons under spawn, the soak, the
-    property tests) run first, so the two xdist workers finish together rather than one
-    waiting alone for the last long test. The order is the same in every worker."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(autouse=True)
 def no_leaked_workers() -> Iterator[None]:
     """Fail a test that leaves a worker alive. A worker still exiting is waited for

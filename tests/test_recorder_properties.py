@@ -174,7 +174,6 @@ def check(cfg: Config) -> None:
     assert {i for i, fate in got if fate in ("delivered", "filtered")} <= fetched
 
 
-@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
 def test_map_style_ledger_matches_ground_truth(cfg: Config) -> None:
