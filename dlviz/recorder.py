@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
-from dlviz import _check, eventlog, state, torch_hooks
+from dlviz import _check, eventlog, interrupts, state, torch_hooks
 from dlviz.assemble import PassNotes, build_run
 from dlviz.eventlog import EventLog, clock
 from dlviz.run import MAIN, ErrorRecord, Run
@@ -689,30 +689,9 @@ def play(traced: Traced, on_error: str, max_batches: int | None, step_s: float,
     it = traced.iterate()
     it.epoch.loop = {"on_error": on_error, "max_batches": max_batches, "step_ms": step_s * 1000}
     stop = "exhausted"
-    delivered = 0
     try:
-        while max_batches is None or delivered < max_batches:
-            if cancel is not None and cancel():
-                stop = "break"
-                break
-            try:
-                next(it)
-            except StopIteration:
-                break
-            except Exception as exc:
-                last = it.epoch.errors[-1] if it.epoch.errors else None
-                if on_error == "raise":
-                    exc.dlviz_run = it.finish("error")  # type: ignore[attr-defined]
-                    raise
-                if on_error == "stop" or (last is not None and last.kind == "timeout"):
-                    stop = "error"
-                    break
-                continue
-            delivered += 1
-            if step_s:
-                time.sleep(step_s)
-        else:
-            stop = "max_batches"
+        with interrupts.kept():  # Ctrl-C is never lost, even in a finalizer
+            stop = _loop(it, on_error, max_batches, step_s, cancel)
     except KeyboardInterrupt as exc:
         exc.dlviz_run = it.finish("interrupt")  # type: ignore[attr-defined]
         raise
@@ -721,6 +700,33 @@ def play(traced: Traced, on_error: str, max_batches: int | None, step_s: float,
         if not keep_workers:
             torch_hooks.shutdown(it.torch_iter)
     return run
+
+
+def _loop(it: Any, on_error: str, max_batches: int | None, step_s: float,
+          cancel: Callable[[], bool] | None) -> str:
+    """:func:`play`'s loop over the traced iterator ``it``; returns why it stopped
+    (the Run's ``stop``)."""
+    delivered = 0
+    while max_batches is None or delivered < max_batches:
+        interrupts.raise_if_lost()
+        if cancel is not None and cancel():
+            return "break"
+        try:
+            next(it)
+        except StopIteration:
+            return "exhausted"
+        except Exception as exc:
+            last = it.epoch.errors[-1] if it.epoch.errors else None
+            if on_error == "raise":
+                exc.dlviz_run = it.finish("error")  # type: ignore[attr-defined]
+                raise
+            if on_error == "stop" or (last is not None and last.kind == "timeout"):
+                return "error"
+            continue
+        delivered += 1
+        if step_s:
+            time.sleep(step_s)
+    return "max_batches"
 
 
 # ---------------------------------------------------------------- helpers

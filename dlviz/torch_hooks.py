@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader
 
+from dlviz import interrupts
 from dlviz.eventlog import clock
 
 if TYPE_CHECKING:
@@ -185,6 +186,7 @@ class _WorkerHooks(_Iter):
         # from any thread. The total wait (a user's timeout) is unchanged.
         end = time.monotonic() + timeout
         while True:
+            interrupts.raise_if_lost()  # a Ctrl-C a finalizer swallowed: see interrupts
             try:
                 ok, data = super()._try_get_data(min(0.05, max(0.0, end - time.monotonic())))
             except RuntimeError as exc:  # torch's own report (a dead worker, too many files)

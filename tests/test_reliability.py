@@ -34,6 +34,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -462,6 +463,56 @@ def test_interrupt_during_record(where: str, workers: int, tmp_path: Path) -> No
     watcher.join()
     run = info.value.dlviz_run  # type: ignore[attr-defined]
     check_interrupted(run, n, before)
+
+
+class _Doomed:
+    """An object whose clean-up (a ``weakref.finalize``) runs as it is dropped."""
+
+
+class InterruptInFinalizerSampler(torch.utils.data.Sampler[int]):
+    """Sequential; as index ``at`` is sent, a finalizer runs in the main thread and a
+    SIGINT lands inside it: Python prints "Exception ignored" and drops the
+    KeyboardInterrupt (what happened in a CI run under load, issue 16, when the
+    interrupt met the clean-up of an earlier Run's temporary folder). ``dropped``
+    counts the interrupts it swallowed."""
+
+    def __init__(self, n: int, at: int) -> None:
+        self.n, self.at, self.dropped = n, at, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _swallow(self) -> None:
+        try:
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(5.0)  # the handler runs by here, inside the finalizer
+        except KeyboardInterrupt:
+            self.dropped += 1
+            raise  # into weakref's finalizer machinery, which only prints it
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.n):
+            if i == self.at:
+                doomed = _Doomed()
+                weakref.finalize(doomed, self._swallow)
+                del doomed  # the finalizer runs now, in this (the main) thread
+            yield i
+
+
+@pytest.mark.usefixtures("sigint_raises")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_interrupt_a_finalizer_swallowed_still_stops_record(tmp_path: Path) -> None:
+    """Ctrl-C that lands in a finalizer is dropped by Python; ``record`` raises it at
+    its next wait anyway, rather than waiting forever on a worker that hangs."""
+    n = 400
+    dataset = JournaledDataset(n, str(tmp_path / "journal"), hang_at=[40])
+    sampler = InterruptInFinalizerSampler(n, at=20)
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, sampler=sampler)
+    before = live_processes()
+    with deadline(INTERRUPT_GUARD_S), pytest.raises(KeyboardInterrupt) as info:
+        dlviz.record(loader, on_error="continue")
+    assert sampler.dropped == 1  # the interrupt really was swallowed on its way
+    check_interrupted(info.value.dlviz_run, n, before)  # type: ignore[attr-defined]
 
 
 @pytest.mark.usefixtures("sigint_raises")
