@@ -44,10 +44,7 @@ def kept() -> Iterator[None]:
     signal.signal(signal.SIGINT, note)
     try:
         yield
-    except KeyboardInterrupt:
-        _pending = False  # it came through
-        raise
-    finally:
+    finally:  # the pass is over, or the interrupt came through
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _pending = False
 
