@@ -500,7 +500,8 @@ def _redraw(run: Run, canvas: _Canvas) -> Figure | None:
     if len(fig.axes) != 2 or getattr(fig, "_suptitle", None) is None:  # cleared since
         return None
     timeline, ledger = fig.axes
-    same_ledger = canvas.ledger_shows == _ledger_key(run)  # its artists can stay
+    shows = _ledger_key(run)
+    same_ledger = canvas.ledger_shows == shows  # its artists can stay
     emptied = (timeline, *timeline.child_axes) if same_ledger else (
         timeline, ledger, *timeline.child_axes)  # the panel is emptied too
     for ax in emptied:
@@ -512,7 +513,7 @@ def _redraw(run: Run, canvas: _Canvas) -> Figure | None:
     plot_timeline(run, timeline)
     if not same_ledger:
         plot_ledger(run, ledger)
-        canvas.ledger_shows = _ledger_key(run)
+        canvas.ledger_shows = shows
     title = getattr(fig, "_suptitle", None)  # set by plot_run: its text only changes
     if title is None:
         return None
