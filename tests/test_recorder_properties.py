@@ -128,7 +128,10 @@ def loop(iterable: Any, pattern: str, max_batches: int | None
 def expected_occurrences(cfg: Config, seen: list[tuple[str, Any]], exhausted: bool
                          ) -> collections.Counter[Any]:
     """(index, fate) occurrences the ledger must hold, derived from ground truth."""
-    batches = [b.reshape(-1).tolist() for b in cfg.loader(faults=False, drop_last=False)]
+    # The replay runs in this process: the sampler's batches do not depend on the
+    # workers (torch draws the base seed from the generator either way).
+    replay = Config(**{**cfg.__dict__, "num_workers": 0})
+    batches = [b.reshape(-1).tolist() for b in replay.loader(faults=False, drop_last=False)]
     tail: list[int] = []
     if cfg.drop_last and batches and len(batches[-1]) < (cfg.batch_size or 1):
         tail = batches.pop()
