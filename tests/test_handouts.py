@@ -3,9 +3,10 @@ explorer's last one included, and needs no network to show them (issue 16).
 
 Two lessons, in smoke mode, into a temporary folder (never build/ or any tracked
 file). Checked from the HTML itself: one ``<img>`` per picture the executed
-notebook has, each a ``data:`` URI (nothing fetched); no widget left that only a
-widget renderer from a CDN could draw; and the explorer's picture is the one its
-widget showed last (after the lesson's re-runs), not the first.
+notebook has, each a ``data:`` URI; no widget left that only a widget renderer from a
+CDN could draw; no script, style or frame the page would fetch from the network; and
+the explorer's picture is the one its widget showed last (after the lesson's
+re-runs), not the first.
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ def test_every_picture_is_in_the_html_and_needs_no_network(
             assert base64.b64decode(png).startswith(b"\x89PNG\r\n\x1a\n")
         # nothing left that only a widget renderer (loaded from a CDN) could draw
         assert WIDGET_VIEW not in text and "widget-state+json" not in text
+        # and nothing the page would fetch: no script, style or frame from the network
+        fetched = re.findall(r'<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)='
+                             r'"((?:https?:)?//[^"]*)"', text)
+        fetched += re.findall(r'import\(\s*["\']((?:https?:)?//[^"\']*)', text)
+        assert not fetched, f"{page.name} loads {fetched} from the network"
 
 
 @pytest.mark.slow
