@@ -1,6 +1,7 @@
 """Scaffolding shared by the tests, written once: processes and descriptors left
 behind, the ledger adding up, the loop patterns a learner writes, the saved runs in
-``tests/fixtures/``, and the SIGINT disposition the interrupt tests rely on.
+``tests/fixtures/``, the SIGINT disposition the interrupt tests rely on, and the
+``python -m dlviz`` command line.
 
 Waits here end on an observed condition (the process is gone, the queue's feeder
 thread has ended); their deadlines are hang guards only, generous so that a loaded
@@ -15,6 +16,8 @@ import contextlib
 import gc
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -24,8 +27,9 @@ from typing import Any
 import psutil
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 FIXTURES = HERE / "fixtures"
-HANG_GUARD_S = 60.0  # only a failing test waits this long
+HANG_GUARD_S = 120.0  # every deadline in the tests: only a failing test waits this long
 FATE_NAMES = ("delivered", "failed", "filtered", "in_flight", "dropped", "never_sampled")
 
 
@@ -36,12 +40,17 @@ def worker_children(recursive: bool = False) -> list[psutil.Process]:
     out = []
     for child in psutil.Process().children(recursive=recursive):
         try:
-            cmdline = " ".join(child.cmdline())
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
+            cmdline = " ".join(child.cmdline())
+            parent = child.parent()
+            parent_cmdline = " ".join(parent.cmdline()) if parent else ""
         except psutil.Error:
             continue
-        if "resource_tracker" in cmdline or "forkserver" in cmdline:
+        if "resource_tracker" in cmdline:
+            continue
+        # the forkserver itself; its workers are forked from it and share its cmdline
+        if "forkserver" in cmdline and "forkserver" not in parent_cmdline:
             continue
         if "jupyter" in cmdline or "chromium" in cmdline or "ipykernel" in cmdline:
             continue
@@ -111,6 +120,24 @@ def descriptors_gained(before: dict[int, str], guard_s: float = HANG_GUARD_S) ->
     if feeders:
         gained.append(f"({len(feeders)} queue feeder threads still running)")
     return gained
+
+
+# ---------------------------------------------------------------- objects
+def live_objects(*extra: type) -> collections.Counter[str]:
+    """Live objects of the kinds a pass makes and must let go of (Runs, DataLoaders,
+    their iterators, multiprocessing queues, and the ``extra`` kinds), by class name,
+    counted after a collection: exact, where RSS drifts with the allocator's arenas."""
+    from multiprocessing.queues import Queue
+
+    from torch.utils.data import DataLoader
+    from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+    from dlviz.run import Run
+
+    kinds = (Run, DataLoader, _BaseDataLoaderIter, Queue, *extra)
+    gc.collect()
+    return collections.Counter(type(o).__name__ for o in gc.get_objects()
+                               if issubclass(type(o), kinds))
 
 
 # ---------------------------------------------------------------- signals
@@ -197,3 +224,12 @@ def fixture_paths() -> list[Path]:
 def fixture_text(name: str) -> str:
     """The JSON text of ``tests/fixtures/<name>.json``."""
     return (FIXTURES / f"{name}.json").read_text()
+
+
+# ---------------------------------------------------------------- the command line
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``python -m dlviz ARGS`` in a fresh interpreter (this checkout's dlviz, Agg)."""
+    env = {**os.environ, "MPLBACKEND": "Agg",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "dlviz", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300, check=False)

@@ -4,14 +4,12 @@ runs them (a separate process), and the passes plot they draw."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib
 import pytest
+from helpers import FIXTURES, cli
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -20,16 +18,6 @@ from torch.utils.data import DataLoader  # noqa: E402
 import dlviz  # noqa: E402
 from dlviz.datasets import SyntheticDataset  # noqa: E402
 from dlviz.run import Run  # noqa: E402
-
-FIXTURES = Path(__file__).parent / "fixtures"
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MPLBACKEND": "Agg",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "dlviz", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
 
 
 def test_help_lists_the_three_commands() -> None:

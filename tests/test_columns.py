@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
@@ -24,8 +25,6 @@ from dlviz import eventlog, torch_hooks
 from dlviz.datasets import SyntheticDataset
 from dlviz.ledger import FATES, Occurrence, Occurrences
 from dlviz.run import Event, Events, Run
-
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def test_a_table_reads_like_records_and_like_columns() -> None:

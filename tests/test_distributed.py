@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 import pytest
 import torch
+from helpers import assert_no_new_processes, live_processes
 
 import dlviz
 from dlviz.distributed import record_ranks
@@ -34,25 +35,6 @@ def expected_shares(n: int, world: int, *, trim: bool = False,
         total = math.ceil(n / world) * world
         indices = indices + indices[: total - n]
     return [indices[r::world] for r in range(world)]
-
-
-def rank_processes() -> list[psutil.Process]:
-    """Rank processes still running: our children, or children of our forkserver."""
-    out = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue
-            parent = child.parent()
-            if parent is not None and "forkserver" in " ".join(parent.cmdline()):
-                out.append(child)
-            elif "multiprocessing" in " ".join(child.cmdline()) and "forkserver" not in \
-                    " ".join(child.cmdline()) and "resource_tracker" not in \
-                    " ".join(child.cmdline()):
-                out.append(child)
-        except psutil.Error:
-            continue
-    return out
 
 
 def assert_ranks_gone(runs: list[dlviz.Run]) -> None:
@@ -139,15 +121,17 @@ def test_shuffle_follows_seed_and_epoch() -> None:
 
 def test_a_failing_rank_raises_with_its_traceback() -> None:
     """An exception on one rank: RuntimeError naming the rank and the cause; all stopped."""
+    before = live_processes()
     with pytest.raises(RuntimeError, match=r"rank 2 failed(?s:.*)injected failure at index 500"):
         record_ranks(WORLD, N, BS, fail_at=[500])  # 500 % 3 == 2: rank 2's share
-    assert not rank_processes()
+    assert_no_new_processes(before)
 
 
 def test_timeout_stops_every_rank() -> None:
+    before = live_processes()
     with pytest.raises(TimeoutError, match="timeout_s"):
         record_ranks(WORLD, N, BS, cost_ms=50.0, timeout_s=0.5)
-    assert not rank_processes()
+    assert_no_new_processes(before)
 
 
 @pytest.mark.parametrize(("kwargs", "error", "name"), [

@@ -12,8 +12,6 @@ The leak test (300 re-runs) is marked slow; the spawn test too.
 from __future__ import annotations
 
 import base64
-import collections
-import gc
 import os
 import re
 import statistics
@@ -29,9 +27,11 @@ import pytest  # noqa: E402
 from helpers import (  # noqa: E402
     check_ledger_adds_up,
     descriptors_gained,
+    live_objects,
     open_descriptors,
     worker_children,
 )
+from matplotlib.figure import Figure  # noqa: E402
 
 import dlviz  # noqa: E402
 from dlviz import explorer as explorer_module  # noqa: E402
@@ -607,22 +607,6 @@ def test_slider_moves_while_persistent_workers_run(make: Callable[..., Explorer]
 
 
 # ---------------------------------------------------------------- leaks
-def live_objects() -> collections.Counter[str]:
-    """Live objects of the kinds a pass makes and must let go of (Runs, DataLoaders,
-    their iterators, multiprocessing queues, matplotlib figures), counted after a
-    collection: exact, where RSS drifts with the allocator's arenas."""
-    from multiprocessing.queues import Queue
-
-    from matplotlib.figure import Figure
-    from torch.utils.data import DataLoader
-    from torch.utils.data.dataloader import _BaseDataLoaderIter
-
-    kinds = (Run, DataLoader, _BaseDataLoaderIter, Queue, Figure)
-    gc.collect()
-    return collections.Counter(type(o).__name__ for o in gc.get_objects()
-                               if issubclass(type(o), kinds))
-
-
 LEAK_CYCLE: list[dict[str, Any]] = [
     {"num_workers": 2, "fault": "none", "persistent_workers": False},
     {"num_workers": 3, "fault": "exception", "on_error": "stop"},
@@ -671,11 +655,11 @@ def test_300_reruns_leak_nothing(make: Callable[..., Explorer],
     explorer.rerun(**CLEAN)
     assert worker_pids() == set()
     fds = open_descriptors()
-    objects = live_objects()
+    objects = live_objects(Figure)
     cycle(280)
     explorer.rerun(**CLEAN)
     assert worker_pids() == set(), f"worker processes left alive: {worker_pids()}"
     leaked = descriptors_gained(fds)
     assert not leaked, f"{len(leaked)} file descriptors leaked: {leaked}"
-    assert live_objects() == objects
+    assert live_objects(Figure) == objects
     assert reruns == 300 and explorer.passes >= 302 and thread_errors == []

@@ -16,8 +16,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -29,6 +27,8 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from deadline import deadline
+from helpers import FIXTURES, HANG_GUARD_S, cli
 from matplotlib.colors import to_rgba
 
 import dlviz
@@ -36,8 +36,6 @@ from dlviz.job import launch
 from dlviz.ledger import FATE_COLORS
 from dlviz.run import Run
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
 WORLD, EPOCHS, N, BS, SEED = 2, 2, 21, 4, 3
 JOBS = {"plain": {"num_workers": 0, "shuffle": False, "drop_last": False},
         "worker": {"num_workers": 1, "shuffle": True, "drop_last": True, "launcher": "fork"}}
@@ -55,13 +53,6 @@ def shares(n: int, world: int, epoch: int, *, shuffle: bool, seed: int) -> list[
     total = math.ceil(n / world) * world
     order += order[: total - n]
     return [order[r:total:world] for r in range(world)]
-
-
-def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MPLBACKEND": "Agg",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "dlviz", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -292,8 +283,6 @@ def test_ctrl_c_and_timeout_stop_torchrun_and_every_rank(tmp_path: Path,
     watcher.join()
     assert len(seen) >= WORLD
     assert not job_processes(out)
-    started = time.monotonic()
-    with pytest.raises(TimeoutError, match="timeout_s"):
+    with deadline(HANG_GUARD_S), pytest.raises(TimeoutError, match="timeout_s"):
         launch(WORLD, out, n=400, cost_ms=100.0, timeout_s=3, launcher="fork")
-    assert time.monotonic() - started < 30
     assert not job_processes(out)
