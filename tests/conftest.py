@@ -6,6 +6,7 @@ The helpers live in ``tests/helpers.py``; the names tests used to import from he
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +17,19 @@ from helpers import (  # noqa: F401  (re-exported for the tests that import them
     python_sigint,
     worker_children,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fork_unless_told() -> Iterator[None]:
+    """Workers start by fork unless a test names another start method: the tests
+    (their hang guards, the matrix's cheap fork cases) are sized for it. Linux's
+    default before Python 3.14; 3.14 defaults to forkserver, macOS to spawn, so the
+    tests say so rather than inherit it. Tests of spawn and forkserver pass
+    ``multiprocessing_context``, and notebooks run in their own kernels."""
+    previous = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("fork", force=True)
+    yield
+    multiprocessing.set_start_method(previous, force=True)
 
 
 @pytest.fixture(autouse=True)

@@ -475,7 +475,7 @@ def loop_around_a_crash(make: Callable[[], DataLoader[Any]]
     errors: list[BaseException] = []
     for _ in range(3):
         try:
-            with deadline(30):
+            with deadline(30):  # a try takes ~2 s; one 15 times longer met the race
                 seen, errors = loop_try_around_next(make())
         except Hung:
             continue
