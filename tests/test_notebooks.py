@@ -59,3 +59,32 @@ def test_lesson_structure(path: Path) -> None:
             continue
         if cell["cell_type"] == "code" and ("class " in code or "lambda" in code):
             assert "bug-hunt" in cell["metadata"].get("tags", []), code[:80]
+
+
+def test_a_kernel_without_dlviz_gets_one_line_to_run() -> None:
+    """Every lesson's first cell, run in a real kernel that cannot import dlviz (as a
+    learner's default kernel can't): it prints what to run and stops with a one-line
+    SystemExit, not a traceback wall, and leaves the kernel alive for the fix."""
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(
+        kernel_name=KERNEL,
+        extra_arguments=["--IPKernelApp.exec_lines=import sys; sys.modules['dlviz'] = None"])
+    try:
+        for path in NOTEBOOKS:
+            first = "".join(json.loads(path.read_text())["cells"][0]["source"])
+            outputs: list[dict[str, Any]] = []
+            reply = client.execute_interactive(first, timeout=120, output_hook=outputs.append)
+            assert reply["content"]["status"] == "error", path.name
+            printed = "".join(m["content"].get("text", "") for m in outputs
+                              if m["msg_type"] == "stream")
+            assert "Choose the kernel named 'dlviz'" in printed, (path.name, printed)
+            assert "%pip install -e .." in printed, (path.name, printed)
+            [error] = [m["content"] for m in outputs if m["msg_type"] == "error"]
+            assert error["ename"] == "SystemExit", (path.name, error)
+            assert error["evalue"] == "dlviz is not installed in this kernel", error
+            assert len("\n".join(error["traceback"]).splitlines()) <= 3, error["traceback"]
+        assert manager.is_alive()
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
