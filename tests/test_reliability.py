@@ -324,8 +324,17 @@ def test_crash_races_never_hang_or_misreport() -> None:
         assert_no_new_processes(before)
         assert [(e.kind, e.worker, e.index) for e in run.errors] == [("worker_died", 1, 13)]
         check_ledger(run, 200)
-        # worker 1 held batches 3 and 5 (prefetch 2): lost; everything else arrives
-        assert run.summary()["failed"] == 8 and run.summary()["delivered"] == 192
+        # The batches worker 1 held when it died are lost, and only those: always batch
+        # 3 (it dies in it); batch 1 too when its result had not yet left the worker's
+        # queue feeder thread, which os._exit ends (nearly always; a CI run under load
+        # once saw batch 1 arrive, and only batch 3 lost).
+        sent = run.of_kind("dispatch")
+        to_dead = set(sent.column("batch")[sent.column("worker") == 1].tolist())
+        held = sorted(to_dead - set(run.of_kind("deliver").column("batch").tolist()))
+        failed = sorted(i for i, fate in run.fates().items() if fate == "failed")
+        assert 3 in held, held
+        assert failed == [i for b in held for i in range(4 * b, 4 * b + 4)], failed
+        assert run.summary()["delivered"] == 200 - len(failed)
 
 
 @pytest.mark.parametrize("on_error", ON_ERRORS)
