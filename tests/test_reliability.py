@@ -326,7 +326,7 @@ def test_crash_races_never_hang_or_misreport() -> None:
         check_ledger(run, 200)
         # The batches worker 1 held when it died are lost, and only those: always batch
         # 3 (it dies in it); batch 1 too when its result had not yet left the worker's
-        # queue feeder thread, which os._exit ends (nearly always; a CI run under load
+        # queue feeder thread, which os._exit ends (nearly always; a fresh-clone CI run
         # once saw batch 1 arrive, and only batch 3 lost).
         sent = run.of_kind("dispatch")
         to_dead = set(sent.column("batch")[sent.column("worker") == 1].tolist())
