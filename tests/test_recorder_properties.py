@@ -13,6 +13,7 @@ the ``drop_last`` tail, and ``None`` samples skipped by the collate.
 from __future__ import annotations
 
 import collections
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +131,7 @@ def expected_occurrences(cfg: Config, seen: list[tuple[str, Any]], exhausted: bo
     """(index, fate) occurrences the ledger must hold, derived from ground truth."""
     # The replay runs in this process: the sampler's batches do not depend on the
     # workers (torch draws the base seed from the generator either way).
-    replay = Config(**{**cfg.__dict__, "num_workers": 0})
+    replay = dataclasses.replace(cfg, num_workers=0)
     batches = [b.reshape(-1).tolist() for b in replay.loader(faults=False, drop_last=False)]
     tail: list[int] = []
     if cfg.drop_last and batches and len(batches[-1]) < (cfg.batch_size or 1):
@@ -187,7 +188,7 @@ def test_map_style_ledger_matches_ground_truth(cfg: Config) -> None:
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs(max_workers=2).filter(lambda c: c.num_workers > 0))
 def test_map_style_ledger_under_spawn(cfg: Config) -> None:
-    check(Config(**{**cfg.__dict__, "start_method": "spawn"}))
+    check(dataclasses.replace(cfg, start_method="spawn"))
 
 
 # ---------------------------------------------------------------- streams
