@@ -1,4 +1,4 @@
-"""Scaffolding shared by the tests, written once: processes and descriptors left
+"""Scaffolding shared by the tests, written once: deadlines, processes and descriptors left
 behind, the ledger adding up, the loop patterns a learner writes, the saved runs in
 ``tests/fixtures/``, the SIGINT disposition the interrupt tests rely on, and the
 ``python -m dlviz`` command line.
@@ -31,6 +31,28 @@ ROOT = HERE.parent
 FIXTURES = HERE / "fixtures"
 HANG_GUARD_S = 120.0  # every deadline in the tests: only a failing test waits this long
 FATE_NAMES = ("delivered", "failed", "filtered", "in_flight", "dropped", "never_sampled")
+
+
+# ---------------------------------------------------------------- deadlines
+class Hung(BaseException):
+    """Raised in the main thread when a call overruns its deadline (not an Exception,
+    so nothing on the way up can swallow it)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float = HANG_GUARD_S) -> Iterator[None]:
+    """Fail (raise :class:`Hung`) if the block runs longer than ``seconds``: by default
+    the hang guard, for a test that must prove a call returns."""
+    def alarm(signum: int, frame: Any) -> None:
+        raise Hung(f"did not return within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # ---------------------------------------------------------------- processes

@@ -23,8 +23,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from deadline import deadline  # noqa: E402
-from helpers import HANG_GUARD_S, check_ledger_adds_up, fixture_paths  # noqa: E402
+from helpers import check_ledger_adds_up, deadline, fixture_paths  # noqa: E402
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
@@ -57,12 +56,11 @@ FUZZ = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
-def answers_clearly(argument: str, call: Callable[[], Any],
-                    seconds: float = HANG_GUARD_S) -> Any:
+def answers_clearly(argument: str, call: Callable[[], Any]) -> Any:
     """Call; it may return, or raise TypeError/ValueError whose message names
     ``argument``. Anything else (or a hang: the deadline is a hang guard, far above
     the second or so a call takes) fails the test."""
-    with deadline(seconds):
+    with deadline():
         try:
             return call()
         except (TypeError, ValueError) as exc:
@@ -144,7 +142,7 @@ def test_record_of_a_huge_dataset_stays_small() -> None:
     region = (eventlog.REGION_RECORDS + eventlog.HEADER) * eventlog.FIELDS * 8  # 4 MiB
     assert traced.log.buffer.nbytes == 2 * region
     traced.close()
-    with deadline(HANG_GUARD_S):  # a hang guard: it takes well under a second
+    with deadline():  # a hang guard: it takes well under a second
         run = dlviz.record(loader, max_batches=3)
     assert run.dataset_size == 10**9 and len(run.delivered()) == 24
     assert [o.fate for o in run.occurrences].count("delivered") == 24
@@ -199,7 +197,7 @@ REGRESSIONS: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
 @pytest.mark.parametrize("case", sorted(REGRESSIONS))
 def test_bugs_found_stay_fixed(case: str, tmp_path: Path) -> None:
     call, exc_type, words = REGRESSIONS[case]
-    with deadline(HANG_GUARD_S), pytest.raises(exc_type, match=words):  # a hang guard
+    with deadline(), pytest.raises(exc_type, match=words):  # a hang guard
         call(tmp_path)
 
 
@@ -352,7 +350,7 @@ def loads_or_value_error(data: bytes | str, tmp_path: Path) -> None:
         path.write_text(data)
     else:
         path.write_bytes(data)
-    with deadline(HANG_GUARD_S):
+    with deadline():
         try:
             run = Run.from_json(path)
         except ValueError:

@@ -22,8 +22,14 @@ from typing import Any
 
 import pytest
 import torch
-from deadline import Hung, deadline
-from helpers import check_ledger_adds_up, loop_all, loop_try_around_for, loop_try_around_next
+from helpers import (
+    Hung,
+    check_ledger_adds_up,
+    deadline,
+    loop_all,
+    loop_try_around_for,
+    loop_try_around_next,
+)
 from torch.utils.data import (
     DataLoader,
     DistributedSampler,

@@ -43,7 +43,6 @@ from typing import Any
 import psutil
 import pytest
 import torch
-from deadline import deadline
 from faulty import (
     BrokenOnUnpickle,
     CrashWhileSending,
@@ -55,6 +54,7 @@ from helpers import (
     HANG_GUARD_S,
     assert_no_new_processes,
     check_ledger_adds_up,
+    deadline,
     descriptors_gained,
     live_objects,
     live_processes,
@@ -179,7 +179,7 @@ def run_case(case: Case, tmp_path: Path) -> None:
     expected = expected_error(case)
     raised: BaseException | None = None
     try:
-        with deadline(HANG_GUARD_S):
+        with deadline():
             try:
                 run = dlviz.record(loader, on_error=case.on_error)
             except Exception as exc:
@@ -291,7 +291,7 @@ def test_unpicklable_dataset_is_refused_up_front(method: str, tmp_path: Path) ->
     before = live_processes()
     loader = DataLoader(UnpicklableDataset(N), batch_size=BS, num_workers=2,
                         multiprocessing_context=method)
-    with deadline(HANG_GUARD_S), pytest.raises(ValueError, match="dataset cannot be sent to"):
+    with deadline(), pytest.raises(ValueError, match="dataset cannot be sent to"):
         dlviz.record(loader)
     with pytest.raises(ValueError, match="dataset cannot be sent to"):
         dlviz.trace(loader)
@@ -319,7 +319,7 @@ def test_crash_races_never_hang_or_misreport() -> None:
     for _ in range(15):
         before = live_processes()
         loader = DataLoader(SyntheticDataset(200, crash_at=[13]), batch_size=4, num_workers=2)
-        with deadline(HANG_GUARD_S):
+        with deadline():
             run = dlviz.record(loader, on_error="continue")
         assert_no_new_processes(before)
         assert [(e.kind, e.worker, e.index) for e in run.errors] == [("worker_died", 1, 13)]
@@ -344,7 +344,7 @@ def test_worker_killed_while_sending_does_not_block_the_others(on_error: str) ->
     (plain torch too). dlviz frees the lock; the other worker's batches arrive."""
     before = live_processes()
     loader = DataLoader(CrashWhileSending(64, at=13), batch_size=4, num_workers=2)
-    with deadline(HANG_GUARD_S):
+    with deadline():
         try:
             run = dlviz.record(loader, on_error=on_error)
         except RuntimeError as exc:
@@ -370,7 +370,7 @@ def test_death_in_a_background_record_stays_out_of_the_main_thread() -> None:
 
     before = live_processes()
     thread = threading.Thread(target=work)
-    with deadline(HANG_GUARD_S):
+    with deadline():
         thread.start()
         while thread.is_alive():  # the "kernel": must not see any of it
             time.sleep(0.001)
@@ -470,7 +470,7 @@ def test_interrupt_during_record(where: str, workers: int, tmp_path: Path) -> No
     else:  # two batches fetched; "hang": the worker has started the fetch that hangs
         watcher = interrupt_when(started_fetch(journal, 40) if where == "hang"
                                  else fetched(journal, 8))
-    with deadline(HANG_GUARD_S), pytest.raises(KeyboardInterrupt) as info:
+    with deadline(), pytest.raises(KeyboardInterrupt) as info:
         dlviz.record(loader, on_error="continue", step_ms=20 if where == "step" else 0)
     watcher.join()
     run = info.value.dlviz_run  # type: ignore[attr-defined]
@@ -521,7 +521,7 @@ def test_an_interrupt_a_finalizer_swallowed_still_stops_record(tmp_path: Path) -
     sampler = InterruptInFinalizerSampler(n, at=20)
     loader = DataLoader(dataset, batch_size=4, num_workers=2, sampler=sampler)
     before = live_processes()
-    with deadline(HANG_GUARD_S), pytest.raises(KeyboardInterrupt) as info:
+    with deadline(), pytest.raises(KeyboardInterrupt) as info:
         dlviz.record(loader, on_error="continue")
     assert sampler.dropped == 1  # the interrupt really was swallowed on its way
     check_interrupted(info.value.dlviz_run, n, before)  # type: ignore[attr-defined]
@@ -538,7 +538,7 @@ def test_interrupt_traced_loop_in_next() -> None:
     before = live_processes()
     got: list[torch.Tensor] = []
     watcher = interrupt_when(lambda: len(got) >= 2)
-    with deadline(HANG_GUARD_S), pytest.raises(KeyboardInterrupt), \
+    with deadline(), pytest.raises(KeyboardInterrupt), \
             dlviz.trace(loader) as traced:
         for batch in traced:
             got.append(batch)
@@ -583,7 +583,7 @@ def test_interrupt_while_next_hands_out_a_batch(workers: int) -> None:
     before = live_processes()
     traced = dlviz.trace(loader)
     seen: list[int] = []
-    with deadline(HANG_GUARD_S), pytest.raises(KeyboardInterrupt):
+    with deadline(), pytest.raises(KeyboardInterrupt):
         for batch in traced:
             seen += batch.tolist()
     run = traced.run
@@ -606,7 +606,7 @@ def test_interrupt_traced_loop_in_body() -> None:
     before = live_processes()
     seen = [0]
     watcher = interrupt_when(lambda: seen[0] >= 8)
-    with deadline(HANG_GUARD_S), pytest.raises(KeyboardInterrupt):
+    with deadline(), pytest.raises(KeyboardInterrupt):
         with dlviz.trace(loader) as traced:
             for batch in traced:
                 seen[0] += len(batch)
@@ -634,7 +634,7 @@ def test_interrupt_while_spawn_workers_import_torch() -> None:
         return len(pids) >= 2 and all(_maps_torch(pid) for pid in pids)
 
     watcher = interrupt_when(importing_torch)
-    with deadline(HANG_GUARD_S), pytest.raises(KeyboardInterrupt) as info:
+    with deadline(), pytest.raises(KeyboardInterrupt) as info:
         dlviz.record(loader)
     watcher.join()
     run = info.value.dlviz_run  # type: ignore[attr-defined]
