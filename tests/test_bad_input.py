@@ -281,7 +281,7 @@ EXPLORE_BASE: dict[str, Any] = {"n": 8, "batch_size": 4, "num_workers": 0, "cost
 def test_explore_bad_arguments(argument: str, value: Any) -> None:
     kwargs = {**EXPLORE_BASE, argument: value}
     name = "unknown" if argument == "unknown_name" else argument
-    widget = answers_clearly(name, lambda: dlviz.explore(**kwargs), 60)
+    widget = answers_clearly(name, lambda: dlviz.explore(**kwargs))
     if widget is not None:
         widget.close()
 
@@ -292,7 +292,7 @@ def test_rerun_bad_arguments(argument: str, value: Any) -> None:
     widget = dlviz.explore(**EXPLORE_BASE)
     try:
         name = "unknown" if argument == "unknown_name" else argument
-        run = answers_clearly(name, lambda: widget.rerun(**{argument: value}), 60)
+        run = answers_clearly(name, lambda: widget.rerun(**{argument: value}))
         assert run is None or isinstance(run, Run)
     finally:
         widget.close()
